@@ -1,0 +1,18 @@
+"""gradjit: gradients of plain numpy functions, compiled with numba.
+
+    import numpy as np, gradjit as gj
+
+    @gj.grad
+    def f(x):
+        return np.sum(x**2 + x**3 + 5)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import GradjitError, ShapeError, TraceError  # noqa: E402
+from .api import (  # noqa: E402
+    cache_info, clear_cache, grad, jit, stop_gradient, value_and_grad, vjp,
+)
+
+__all__ = ["grad", "value_and_grad", "vjp", "jit", "stop_gradient", "cache_info",
+           "clear_cache", "GradjitError", "TraceError", "ShapeError", "__version__"]

@@ -1,0 +1,44 @@
+"""The public transforms (see API.md): each works as ``gj.grad(f)``, ``@gj.grad`` and
+``@gj.grad(argnums=1)``."""
+
+from __future__ import annotations
+
+import functools
+
+from .compiler.primitives import stop_gradient as _stop_gradient_op
+from .compiler.tracing import Tracer
+from .runtime import dispatch
+from .runtime.dispatch import cache_info, clear_cache  # noqa: F401
+
+
+def _transform(kind, **defaults):
+    def make(fun=None, **options):
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise TypeError(f"gj.{kind}() got unexpected option(s): {', '.join(sorted(unknown))}")
+        opts = {**defaults, **options}
+        if fun is None:
+            return functools.partial(make, **opts)
+        return dispatch.Transformed(fun, kind, **opts)
+    make.__name__ = kind
+    return make
+
+
+jit = _transform("jit", static_argnums=(), target="auto")
+jit.__doc__ = "``fun`` compiled; same results as ``fun``."
+grad = _transform("grad", argnums=0, has_aux=False, target="auto")
+grad.__doc__ = "Gradient of a scalar-output ``fun`` with respect to ``argnums``."
+value_and_grad = _transform("value_and_grad", argnums=0, has_aux=False, target="auto")
+value_and_grad.__doc__ = "``(value, gradient)`` of a scalar-output ``fun``."
+
+
+def vjp(fun, *primals):
+    """``(out, vjp_fn)``; ``vjp_fn(cotangent)`` returns a tuple, one gradient per primal."""
+    return dispatch.vjp(fun, *primals)
+
+
+def stop_gradient(x):
+    """``x``, treated as a constant by differentiation."""
+    if isinstance(x, Tracer):
+        return _stop_gradient_op(x)
+    return x

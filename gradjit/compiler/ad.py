@@ -1,0 +1,130 @@
+"""Reverse mode as an IR -> IR transform.
+
+``vjp`` replays a graph into the current builder and then walks its equations backwards,
+calling each primitive's adjoint rule (which emits ordinary IR through the op functions, so
+the result can be differentiated again). The driver owns the cross-cutting work: summing
+cotangents of values used several times, undoing broadcasting, skipping zeros and inactive
+(integer, constant, ``stop_gradient``) values.
+"""
+
+from __future__ import annotations
+
+from ..errors import GradjitError
+from . import primitives as P
+from .ir import Lit, Var
+from .tracing import Tracer, location
+
+
+def _reader(env):
+    def read(a):
+        if isinstance(a, Lit):
+            return a.value
+        return env[a]
+    return read
+
+
+def bind_input_dims(graph, args, env):
+    """Map the graph's implicit size variables to the sizes of the actual arguments."""
+    for v, x in zip(graph.inputs, args):
+        env[v] = x
+        xs = P.shape_of(x) if not isinstance(x, (int, float)) else ()
+        for d, a in zip(v.aval.shape, xs):
+            if isinstance(d, Var) and d not in env:
+                env[d] = Tracer(a) if isinstance(a, Var) else a
+
+
+def replay(graph, args):
+    """Emit ``graph`` applied to ``args`` into the current builder; returns its outputs."""
+    env = {}
+    bind_input_dims(graph, args, env)
+    read = _reader(env)
+    for e in graph.eqns:
+        with location(e.loc):
+            out = e.prim.bind_eqn(e, [read(a) for a in e.inputs]) if hasattr(e.prim, "bind_eqn") \
+                else P.bind(e.prim, *[read(a) for a in e.inputs], **e.p)
+        outs = out if e.prim.multiple_results else ((out,) if e.outputs else ())
+        for v, o in zip(e.outputs, outs):
+            env[v] = o
+    return [read(a) for a in graph.outputs], env
+
+
+def is_float(a):
+    return P.dtype_of(a).startswith("float")
+
+
+def unbroadcast(ct, target_shape, dtype):
+    """Sum ``ct`` over the axes that broadcasting added to a value of ``target_shape``.
+    A cotangent that still broadcasts to the target is left as it is (no copy)."""
+    cs = P.shape_of(ct)
+    lead = len(cs) - len(target_shape)
+    axes = list(range(max(lead, 0)))
+    keep = []
+    for k, t in enumerate(target_shape):
+        c = cs[k + lead] if k + lead >= 0 else 1
+        if isinstance(t, int) and t == 1 and not (isinstance(c, int) and c == 1):
+            axes.append(k + lead)
+            keep.append(1)
+        else:
+            keep.append(c)
+    if axes:
+        ct = P.reshape(P.reduce_sum(ct, tuple(axes)), tuple(keep))
+    if P.dtype_of(ct) != dtype:
+        ct = P.cast(ct, dtype)
+    return ct
+
+
+def materialize(ct, aval):
+    """A full-shape gradient of ``aval``'s dtype from a lazily broadcast cotangent (or zero)."""
+    if ct is None:
+        return P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0.0, aval.dtype)
+    ct = P.cast(ct, aval.dtype) if P.dtype_of(ct) != aval.dtype else ct
+    if not P.same_shape(P.shape_of(ct), aval.shape):
+        ct = P.broadcast_to(ct, aval.shape)
+    if not isinstance(ct, Tracer) and aval.shape == ():
+        ct = P.cast(ct, aval.dtype)
+    return ct
+
+
+def vjp(graph, args, out_cts, wrt):
+    """Replay ``graph`` on ``args`` and return (outputs, cotangents of the inputs in ``wrt``).
+
+    ``out_cts`` holds one cotangent per graph output (None for zero)."""
+    outs, env = replay(graph, args)
+    read = _reader(env)
+    active = {graph.inputs[i] for i in wrt if graph.inputs[i].aval.is_float}
+    for e in graph.eqns:
+        if e.prim.vjp is not None and any(isinstance(a, Var) and a in active for a in e.inputs):
+            active.update(v for v in e.outputs if v.aval.is_float)
+    cts = {}
+
+    def accumulate(v, c):
+        c = unbroadcast(c, v.aval.shape, v.aval.dtype)
+        cts[v] = c if v not in cts else P.add(cts[v], c)
+
+    for a, c in zip(graph.outputs, out_cts):
+        if c is not None and isinstance(a, Var) and a in active:
+            accumulate(a, c)
+    for e in reversed(graph.eqns):
+        if not any(v in cts for v in e.outputs):
+            continue
+        if not any(isinstance(a, Var) and a in active for a in e.inputs):
+            continue
+        if e.prim.vjp is None:
+            raise GradjitError(f"{e.loc}: no adjoint rule for primitive '{e.prim.name}'")
+        ct_out = [cts.pop(v, None) for v in e.outputs]
+        with location(e.loc):
+            if e.prim.multiple_results:
+                ct_out = [c if c is not None else P.zeros(v.aval.shape, v.aval.dtype)
+                          for c, v in zip(ct_out, e.outputs)]
+                res = e.prim.vjp(tuple(ct_out), [read(a) for a in e.inputs],
+                                 [read(v) for v in e.outputs], **e.p)
+            else:
+                res = e.prim.vjp(ct_out[0], [read(a) for a in e.inputs],
+                                 [read(v) for v in e.outputs], **e.p)
+            if len(res) != len(e.inputs):
+                raise GradjitError(f"adjoint of {e.prim.name} returned {len(res)} cotangents "
+                                   f"for {len(e.inputs)} inputs")
+            for a, r in zip(e.inputs, res):
+                if r is not None and isinstance(a, Var) and a in active:
+                    accumulate(a, r)
+    return outs, [cts.get(graph.inputs[i]) for i in wrt]

@@ -1,0 +1,502 @@
+"""numpy as seen by a traced function: one table from numpy's own function objects (and
+ndarray methods/operators) to compositions of primitives.
+
+Derived functions (``mean``, ``var``, ``logaddexp``, ``hypot``, ...) are decomposed here, so
+they need no adjoint rule of their own.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ..errors import TraceError, at
+from . import primitives as P
+from .tracing import Tracer, current_loc, install_methods, is_static_scalar
+
+FUNCTIONS = {}  # numpy function object -> implementation on tracers
+
+
+def implements(*fns):
+    def deco(impl):
+        for f in fns:
+            FUNCTIONS[f] = impl
+        return impl
+    return deco
+
+
+def _unary(np_fn, op):
+    FUNCTIONS[np_fn] = lambda x, *a, **k: _no_extra(np_fn, a, k) or op(x)
+
+
+def _no_extra(fn, args, kwargs):
+    if args or any(v is not None for k, v in kwargs.items() if k != "dtype"):
+        raise TraceError(at(current_loc(), f"np.{fn.__name__}: extra arguments are not supported"))
+    return None
+
+
+for _f, _op in [
+    (np.sin, P.sin), (np.cos, P.cos), (np.tan, P.tan), (np.exp, P.exp), (np.expm1, P.expm1),
+    (np.log, P.log), (np.log1p, P.log1p), (np.sqrt, P.sqrt), (np.tanh, P.tanh),
+    (np.sinh, P.sinh), (np.cosh, P.cosh), (np.arcsin, P.arcsin), (np.arccos, P.arccos),
+    (np.arctan, P.arctan), (np.arcsinh, P.arcsinh), (np.arccosh, P.arccosh),
+    (np.arctanh, P.arctanh), (np.abs, P.absolute), (np.absolute, P.absolute),
+    (np.fabs, P.absolute), (np.sign, P.sign), (np.floor, P.floor), (np.ceil, P.ceil),
+    (np.rint, P.rint), (np.round, P.rint), (np.negative, P.neg), (np.square, P.square),
+    (np.reciprocal, P.reciprocal), (np.logical_not, P.logical_not),
+    (np.positive, lambda x: x),
+]:
+    _unary(_f, _op)
+
+for _f, _op in [
+    (np.add, P.add), (np.subtract, P.sub), (np.multiply, P.mul), (np.divide, P.div),
+    (np.true_divide, P.div), (np.power, P.power), (np.maximum, P.maximum),
+    (np.minimum, P.minimum), (np.fmax, P.maximum), (np.fmin, P.minimum),
+    (np.arctan2, P.arctan2), (np.mod, P.mod), (np.remainder, P.mod),
+    (np.floor_divide, P.floor_divide), (np.equal, P.eq), (np.not_equal, P.ne), (np.less, P.lt),
+    (np.less_equal, P.le), (np.greater, P.gt), (np.greater_equal, P.ge),
+    (np.logical_and, P.logical_and), (np.logical_or, P.logical_or),
+]:
+    FUNCTIONS[_f] = (lambda op: lambda a, b: op(a, b))(_op)
+
+
+@implements(np.log2)
+def log2(x):
+    return P.mul(P.log(x), 1.0 / np.log(2.0))
+
+
+@implements(np.log10)
+def log10(x):
+    return P.mul(P.log(x), 1.0 / np.log(10.0))
+
+
+@implements(np.exp2)
+def exp2(x):
+    return P.exp(P.mul(x, float(np.log(2.0))))
+
+
+@implements(np.cbrt)
+def cbrt(x):
+    return P.mul(P.sign(x), P.power(P.absolute(x), 1.0 / 3.0))
+
+
+@implements(np.hypot)
+def hypot(a, b):
+    return P.sqrt(P.add(P.mul(a, a), P.mul(b, b)))
+
+
+@implements(np.logaddexp)
+def logaddexp(a, b):
+    m = P.stop_gradient(P.maximum(a, b))
+    return P.add(m, P.log(P.add(P.exp(P.sub(a, m)), P.exp(P.sub(b, m)))))
+
+
+@implements(np.sinc)
+def sinc(x):
+    px = P.mul(x, float(np.pi))
+    safe = P.select(P.eq(x, 0.0), 1.0, px)
+    return P.select(P.eq(x, 0.0), 1.0, P.div(P.sin(safe), safe))
+
+
+@implements(np.where)
+def where(c, a=None, b=None):
+    if a is None or b is None:
+        raise TraceError(at(current_loc(), "np.where with one argument (indices) has a "
+                            "data-dependent shape and is not supported"))
+    return P.select(c, a, b)
+
+
+@implements(np.clip)
+def clip(x, a_min=None, a_max=None, **kw):
+    a_min = kw.pop("min", a_min)
+    a_max = kw.pop("max", a_max)
+    if a_min is not None:
+        x = P.maximum(x, a_min)
+    if a_max is not None:
+        x = P.minimum(x, a_max)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Reductions
+# --------------------------------------------------------------------------------------------
+
+
+@implements(np.sum)
+def sum_(x, axis=None, dtype=None, out=None, keepdims=False):
+    _no_out(out)
+    y = P.reduce_sum(x, axis, keepdims)
+    return P.astype(y, dtype) if dtype is not None else y
+
+
+@implements(np.max, np.amax)
+def max_(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    return P.reduce_max(x, axis, keepdims)
+
+
+@implements(np.min, np.amin)
+def min_(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    return P.reduce_min(x, axis, keepdims)
+
+
+@implements(np.prod)
+def prod(x, axis=None, dtype=None, out=None, keepdims=False):
+    _no_out(out)
+    return P.reduce_prod(x, axis, keepdims)
+
+
+@implements(np.mean)
+def mean(x, axis=None, dtype=None, out=None, keepdims=False):
+    _no_out(out)
+    axes = P.norm_axes(axis, P.ndim(x))
+    (x,), _ = P.promote(x, to_float=True)
+    n = P.size_of(x, axes)
+    s = P.reduce_sum(x, axis, keepdims)
+    return P.div(s, n) if isinstance(n, Tracer) else P.mul(s, 1.0 / n)
+
+
+@implements(np.var)
+def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    _no_out(out)
+    d = P.sub(x, mean(x, axis, keepdims=True))
+    axes = P.norm_axes(axis, P.ndim(x))
+    n = P.sub(P.size_of(x, axes), ddof)
+    return P.div(P.reduce_sum(P.mul(d, d), axis, keepdims), n)
+
+
+@implements(np.std)
+def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+    return P.sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))
+
+
+def _no_out(out):
+    if out is not None:
+        raise TraceError(at(current_loc(), "out= arguments are not supported (functions must not "
+                            "write into arrays they are given)"))
+
+
+@implements(np.linalg.norm)
+def norm(x, ord=None, axis=None, keepdims=False):
+    if ord not in (None, 2, "fro") and not (ord == 1 and P.ndim(x) == 1):
+        raise TraceError(at(current_loc(), f"np.linalg.norm with ord={ord!r} is not supported"))
+    if ord == 1:
+        return P.reduce_sum(P.absolute(x), axis, keepdims)
+    if ord == 2 and P.ndim(x) == 2 and axis is None:
+        raise TraceError(at(current_loc(), "the matrix 2-norm (largest singular value) is not "
+                            "supported; use ord='fro'"))
+    return P.sqrt(P.reduce_sum(P.mul(x, x), axis, keepdims))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and data movement
+# --------------------------------------------------------------------------------------------
+
+
+@implements(np.reshape)
+def reshape(x, *shape, order="C", newshape=None):
+    if order != "C":
+        raise TraceError(at(current_loc(), "only C-order reshape is supported"))
+    if newshape is not None:
+        shape = (newshape,)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return P.reshape(x, shape)
+
+
+@implements(np.transpose)
+def transpose(x, *axes):
+    if len(axes) == 1 and (isinstance(axes[0], (tuple, list)) or axes[0] is None):
+        axes = axes[0]
+    return P.transpose(x, axes or None)
+
+
+@implements(np.swapaxes)
+def swapaxes(x, a, b):
+    perm = list(range(P.ndim(x)))
+    perm[a], perm[b] = perm[b], perm[a]
+    return P.transpose(x, perm)
+
+
+@implements(np.moveaxis)
+def moveaxis(x, source, destination):
+    nd = P.ndim(x)
+    perm = [k for k in range(nd) if k != source % nd]
+    perm.insert(destination % nd, source % nd)
+    return P.transpose(x, perm)
+
+
+@implements(np.expand_dims)
+def expand_dims(x, axis):
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    shape = list(P.shape_of(x))
+    nd = len(shape) + len(axes)
+    for a in sorted(a % nd for a in axes):
+        shape.insert(a, 1)
+    return P.reshape(x, tuple(shape))
+
+
+@implements(np.squeeze)
+def squeeze(x, axis=None):
+    shape = P.shape_of(x)
+    if axis is None:
+        axes = [k for k, d in enumerate(shape) if isinstance(d, int) and d == 1]
+    else:
+        axes = [a % len(shape) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))]
+        for a in axes:
+            if not (isinstance(shape[a], int) and shape[a] == 1):
+                raise TraceError(at(current_loc(), f"cannot squeeze axis {a}: its size is not 1"))
+    return P.reshape(x, tuple(d for k, d in enumerate(shape) if k not in axes))
+
+
+@implements(np.ravel)
+def ravel(x, order="C"):
+    return P.reshape(x, (-1,))
+
+
+@implements(np.broadcast_to)
+def broadcast_to(x, shape):
+    return P.broadcast_to(x, tuple(shape) if isinstance(shape, (tuple, list)) else (shape,))
+
+
+@implements(np.concatenate)
+def concatenate(xs, axis=0):
+    return P.concatenate(xs, axis)
+
+
+@implements(np.stack)
+def stack(xs, axis=0):
+    xs = list(xs)
+    nd = P.ndim(xs[0]) + 1
+    return P.concatenate([expand_dims(x, axis % nd) for x in xs], axis % nd)
+
+
+@implements(np.hstack)
+def hstack(xs):
+    xs = list(xs)
+    return P.concatenate(xs, 0 if P.ndim(xs[0]) == 1 else 1)
+
+
+@implements(np.vstack)
+def vstack(xs):
+    return P.concatenate([x if P.ndim(x) >= 2 else P.reshape(x, (1, -1)) for x in xs], 0)
+
+
+@implements(np.array, np.asarray, np.asanyarray)
+def array(obj, dtype=None, copy=True, **kw):
+    if isinstance(obj, Tracer):
+        return P.astype(obj, dtype) if dtype is not None else obj
+    if isinstance(obj, (list, tuple)):
+        items = [array(o) for o in obj]
+        if not any(isinstance(i, Tracer) for i in items):
+            return np.array(obj, dtype=dtype)
+        return stack([P.broadcast_to(i, ()) if P.ndim(i) == 0 and not isinstance(i, Tracer)
+                      else i for i in _promote_items(items)], 0) if dtype is None else \
+            P.astype(stack(_promote_items(items), 0), dtype)
+    return np.array(obj, dtype=dtype)
+
+
+def _promote_items(items):
+    (*items,), _ = P.promote(*items)
+    return [i if isinstance(i, Tracer) else P.full((), i, P.dtype_of(items[0])
+                                                    if isinstance(items[0], Tracer) else "float64")
+            for i in items]
+
+
+@implements(np.zeros_like)
+def zeros_like(x, dtype=None):
+    return P.full(P.shape_of(x), 0, dtype and np.dtype(dtype).name or _fdt(x))
+
+
+@implements(np.ones_like)
+def ones_like(x, dtype=None):
+    return P.full(P.shape_of(x), 1, dtype and np.dtype(dtype).name or _fdt(x))
+
+
+@implements(np.full_like)
+def full_like(x, fill_value, dtype=None):
+    return P.full(P.shape_of(x), fill_value, dtype and np.dtype(dtype).name or _fdt(x))
+
+
+def _fdt(x):
+    return P.dtype_of(x)
+
+
+def _shape_arg(shape):
+    return tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+
+
+@implements(np.zeros)
+def zeros(shape, dtype=float):
+    return P.full(_shape_arg(shape), 0, np.dtype(dtype).name)
+
+
+@implements(np.ones)
+def ones(shape, dtype=float):
+    return P.full(_shape_arg(shape), 1, np.dtype(dtype).name)
+
+
+@implements(np.full)
+def full(shape, fill_value, dtype=None):
+    dt = np.dtype(dtype).name if dtype is not None else P.dtype_of(fill_value)
+    return P.full(_shape_arg(shape), fill_value, dt)
+
+
+@implements(np.arange)
+def arange(start, stop=None, step=None, dtype=None):
+    if stop is not None or step is not None:
+        if isinstance(start, Tracer) or isinstance(stop, Tracer) or isinstance(step, Tracer):
+            raise TraceError(at(current_loc(), "np.arange(start, stop, step) with run-time "
+                                "bounds is not supported; use np.arange(n)"))
+        return np.arange(start, stop, step, dtype=dtype)
+    return P.arange(start, np.dtype(dtype or "int64").name)
+
+
+@implements(np.flip)
+def flip(x, axis=None):
+    axes = P.norm_axes(axis, P.ndim(x))
+    return P.index(x, tuple(slice(None, None, -1) if k in axes else slice(None)
+                            for k in range(P.ndim(x))))
+
+
+@implements(np.roll)
+def roll(x, shift, axis=None):
+    if axis is None:
+        return P.reshape(roll(ravel(x), shift, 0), P.shape_of(x))
+    if isinstance(shift, Tracer):
+        raise TraceError(at(current_loc(), "np.roll with a run-time shift is not supported"))
+    nd = P.ndim(x)
+    axis %= nd
+    pre = (slice(None),) * axis
+    return P.concatenate([P.index(x, pre + (slice(-shift, None),)),
+                          P.index(x, pre + (slice(None, -shift),))], axis) if shift % 1 == 0 and shift else x
+
+
+@implements(np.split)
+def split(x, indices_or_sections, axis=0):
+    nd = P.ndim(x)
+    axis %= nd
+    n = P.shape_of(x)[axis]
+    if isinstance(indices_or_sections, int):
+        k = indices_or_sections
+        size = P.floor_divide(Tracer(n), k) if not isinstance(n, int) else n // k
+        if isinstance(n, int) and n % k:
+            raise TraceError(at(current_loc(), "array split does not result in an equal division"))
+        bounds = [P.mul(size, j) if isinstance(size, Tracer) else size * j for j in range(k + 1)]
+    else:
+        bounds = [0] + list(indices_or_sections) + [None]
+    pre = (slice(None),) * axis
+    return [P.index(x, pre + (slice(bounds[j], bounds[j + 1]),)) for j in range(len(bounds) - 1)]
+
+
+@implements(np.cumsum)
+def cumsum(x, axis=None, dtype=None):
+    raise TraceError(at(current_loc(), "np.cumsum is not supported yet"))
+
+
+# --------------------------------------------------------------------------------------------
+# Products
+# --------------------------------------------------------------------------------------------
+
+
+@implements(np.dot)
+def dot(a, b):
+    if P.ndim(a) == 0 or P.ndim(b) == 0:
+        return P.mul(a, b)
+    return P.matmul(a, b)
+
+
+@implements(np.matmul)
+def matmul(a, b):
+    return P.matmul(a, b)
+
+
+@implements(np.inner)
+def inner(a, b):
+    if P.ndim(a) == 1 and P.ndim(b) == 1:
+        return P.matmul(a, b)
+    return P.matmul(a, P.transpose(b))
+
+
+@implements(np.vdot)
+def vdot(a, b):
+    return P.matmul(ravel(a), ravel(b))
+
+
+@implements(np.outer)
+def outer(a, b):
+    return P.outer(a, b)
+
+
+@implements(np.trace)
+def trace(x):
+    n = P.shape_of(x)[0]
+    i = P.arange(Tracer(n) if not isinstance(n, int) else n)
+    return P.reduce_sum(P.gather(x, (i, i)) if isinstance(i, Tracer) else x[i, i])
+
+
+# --------------------------------------------------------------------------------------------
+# Tracer methods and operators
+# --------------------------------------------------------------------------------------------
+
+
+def _method(fn):
+    return lambda self, *a, **k: fn(self, *a, **k)
+
+
+def _rev(op):
+    return lambda self, other: op(other, self)
+
+
+def _getitem(self, idx):
+    return P.index(self, idx)
+
+
+def _setitem(self, idx, value):
+    raise TraceError(at(current_loc(), "item assignment into an array inside a traced function "
+                        "is not supported yet"))
+
+
+def _reshape_method(self, *shape, order="C"):
+    return reshape(self, *shape, order=order)
+
+
+def _transpose_method(self, *axes):
+    return transpose(self, *axes)
+
+
+def _astype(self, dtype, **_):
+    return P.astype(self, dtype)
+
+
+METHODS = {
+    "__add__": P.add, "__radd__": _rev(P.add), "__sub__": P.sub, "__rsub__": _rev(P.sub),
+    "__mul__": P.mul, "__rmul__": _rev(P.mul), "__truediv__": P.div,
+    "__rtruediv__": _rev(P.div), "__pow__": P.power, "__rpow__": _rev(P.power),
+    "__matmul__": P.matmul, "__rmatmul__": _rev(P.matmul), "__mod__": P.mod,
+    "__rmod__": _rev(P.mod), "__floordiv__": P.floor_divide,
+    "__rfloordiv__": _rev(P.floor_divide), "__neg__": P.neg, "__pos__": lambda s: s,
+    "__abs__": P.absolute, "__eq__": P.eq, "__ne__": P.ne, "__lt__": P.lt, "__le__": P.le,
+    "__gt__": P.gt, "__ge__": P.ge, "__getitem__": _getitem, "__setitem__": _setitem,
+    "__and__": P.logical_and, "__or__": P.logical_or, "__invert__": P.logical_not,
+    "sum": _method(sum_), "mean": _method(mean), "max": _method(max_), "min": _method(min_),
+    "prod": _method(prod), "var": _method(var), "std": _method(std), "dot": _method(dot),
+    "reshape": _reshape_method, "transpose": _transpose_method, "ravel": _method(ravel),
+    "flatten": _method(ravel), "squeeze": _method(squeeze), "astype": _astype,
+    "clip": _method(clip), "copy": lambda self: self, "cumsum": _method(cumsum),
+    "T": property(lambda self: P.transpose(self)),
+}
+install_methods(Tracer, METHODS)
+
+
+def lookup(fn):
+    """The tracer implementation of a numpy function, or None."""
+    try:
+        return FUNCTIONS.get(fn)
+    except TypeError:  # unhashable callables
+        return None
+
+
+__all__ = ["FUNCTIONS", "METHODS", "lookup", "operator", "is_static_scalar"]

@@ -1,0 +1,98 @@
+"""Graph -> Graph passes. Each is a small function over the IR.
+
+Constant folding and the algebraic identities (x*1, x+0, x*0, --x) are applied as equations
+are built (``simplify`` re-applies them by replaying a graph through the op functions); CSE
+and DCE are plain walks.
+"""
+
+from __future__ import annotations
+
+from . import ad
+from .ir import Graph, Lit, Var, subgraphs
+from .tracing import Builder, Tracer, building, make_graph
+
+
+def simplify(graph):
+    """Rebuild ``graph`` through ``bind``: folds constants and applies construction rewrites."""
+    with building(Builder()) as b:
+        ins = [Tracer(Var(v.aval)) for v in graph.inputs]
+        # keep the input size variables: the new inputs must carry the same avals
+        ins = [Tracer(v) for v in graph.inputs]
+        outs, _ = ad.replay(graph, ins)
+        return make_graph(ins, outs, b).replace(meta=graph.meta)
+
+
+def _key(a):
+    return ("lit", type(a.value).__name__, a.value, a.aval) if isinstance(a, Lit) else id(a)
+
+
+def cse(graph):
+    """Common-subexpression elimination over pure equations."""
+    seen, subst, eqns = {}, {}, []
+
+    def sub(a):
+        return subst.get(a, a) if isinstance(a, Var) else a
+
+    for e in graph.eqns:
+        ins = tuple(sub(a) for a in e.inputs)
+        e = e.replace(inputs=ins) if ins != e.inputs else e
+        if subgraphs(e) or e.prim.effect:
+            eqns.append(e)
+            continue
+        k = (e.prim, tuple(_key(a) for a in ins), e.params,
+             tuple(tuple(_key(d) if isinstance(d, Var) else d for d in v.aval.shape) for v in e.outputs))
+        try:
+            hash(k)
+        except TypeError:
+            eqns.append(e)
+            continue
+        if k in seen:
+            for old, new in zip(e.outputs, seen[k]):
+                subst[old] = new
+            continue
+        seen[k] = e.outputs
+        eqns.append(e)
+    return graph.replace(eqns=tuple(_rename_dims(eqns, subst)), outputs=tuple(sub(a) for a in graph.outputs))
+
+
+def _rename_dims(eqns, subst):
+    """Size variables that CSE merged must also be merged inside avals."""
+    if not subst:
+        return eqns
+    from .ir import Aval
+
+    def fix_var(v):
+        shape = tuple(subst.get(d, d) if isinstance(d, Var) else d for d in v.aval.shape)
+        if shape == v.aval.shape:
+            return v
+        nv = Var(Aval(v.aval.dtype, shape, v.aval.weak))
+        subst[v] = nv
+        return nv
+
+    out = []
+    for e in eqns:
+        ins = tuple(subst.get(a, a) if isinstance(a, Var) else a for a in e.inputs)
+        outs = tuple(fix_var(v) for v in e.outputs)
+        out.append(e.replace(inputs=ins, outputs=outs))
+    return out
+
+
+def dce(graph):
+    """Drop equations whose results are not used (effects such as run-time checks stay)."""
+    live = {a for a in graph.outputs if isinstance(a, Var)}
+    kept = []
+    for e in reversed(graph.eqns):
+        if e.prim.effect or any(v in live for v in e.outputs):
+            kept.append(e)
+            for a in e.inputs:
+                if isinstance(a, Var):
+                    live.add(a)
+                    live.update(d for d in a.aval.shape if isinstance(d, Var))
+            for v in e.outputs:
+                live.update(d for d in v.aval.shape if isinstance(d, Var))
+    return graph.replace(eqns=tuple(reversed(kept)))
+
+
+def optimize(graph):
+    g = dce(cse(simplify(graph)))
+    return dce(cse(g))

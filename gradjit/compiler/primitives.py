@@ -1,0 +1,1100 @@
+"""Every primitive of the IR, one stanza each: the ``Primitive`` object, its shape rule, its
+numpy evaluation (the reference semantics), its adjoint rule, its scalar lowering for the
+fused-loop backends, and the op function that front end and adjoint rules call to emit it.
+
+Rule contracts
+--------------
+- ``shape_rule(*inputs, **params) -> tuple[Aval]``: inputs are ``Var``/``Lit`` atoms.
+- ``impl(*values, **params)``: numpy evaluation; used by constant folding and the reference
+  evaluator (``reference.py``), which is the test oracle.
+- ``vjp(ct, ins, outs, **params) -> tuple``: one cotangent (or ``None`` for zero) per input.
+  ``ct`` is the output cotangent (a tuple for multi-output primitives); ``ins``/``outs`` are
+  Tracers or static scalars. The cotangent returned for an input may be any shape that
+  broadcasts to that input's shape; the AD driver sums broadcast axes away where needed.
+  Rules emit IR by calling the op functions below, so adjoints are differentiable again.
+- ``kind``: ``"elementwise"`` (fusable into loops; ``cpu``/``cuda`` are scalar expression
+  templates over the operands), ``"reduce"`` (accumulated inside a loop), ``"index"``
+  (elementwise over its output, reading whole arrays), or ``"array"`` (its own statement,
+  lowered by a function in the backend module).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError, TraceError, at
+from .ir import Aval, Lit, Var
+from .tracing import Tracer, aval_of, bind, current_loc, is_static_scalar
+
+
+class Primitive:
+    """One IR operation and all its rules (see the module docstring)."""
+
+    def __init__(self, name, shape_rule, *, impl=None, vjp=None, kind="array", cpu=None,
+                 cuda=None, fold=None, effect=False, multiple_results=False, **extra):
+        self.name = name
+        self.shape_rule = shape_rule
+        self.impl = impl
+        self.vjp = vjp
+        self.kind = kind
+        self.cpu = cpu
+        self.cuda = cuda
+        self.fold = fold
+        self.effect = effect
+        self.multiple_results = multiple_results
+        self.__dict__.update(extra)
+
+    def __repr__(self):
+        return f"{self.name}_p"
+
+
+ALL = {}  # name -> Primitive, for inventories and tests
+
+
+def primitive(name, shape_rule, **kw):
+    p = Primitive(name, shape_rule, **kw)
+    ALL[name] = p
+    return p
+
+
+# =============================================================================================
+# Shapes, dtypes, broadcasting
+# =============================================================================================
+
+
+def shape_of(x):
+    return aval_of(x).shape
+
+
+def ndim(x):
+    return len(shape_of(x))
+
+
+def dtype_of(x):
+    return aval_of(x).dtype
+
+
+def same_dim(a, b):
+    return a is b if isinstance(a, Var) or isinstance(b, Var) else a == b
+
+
+def same_shape(s, t):
+    return len(s) == len(t) and all(same_dim(a, b) for a, b in zip(s, t))
+
+
+def fmt_shape(s):
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in s) + (",)" if len(s) == 1 else ")")
+
+
+def broadcast_shapes(*shapes):
+    """numpy broadcasting on symbolic shapes; prefers static sizes. No checks (see ``broadcast``)."""
+    r = max((len(s) for s in shapes), default=0)
+    out = []
+    for ax in range(r):
+        dims = [s[ax - r + len(s)] for s in shapes if ax - r + len(s) >= 0]
+        non1 = [d for d in dims if not (isinstance(d, int) and d == 1)]
+        ints = [d for d in non1 if isinstance(d, int)]
+        out.append(ints[0] if ints else (non1[0] if non1 else 1))
+    return tuple(out)
+
+
+def broadcast(*xs):
+    """Check that operands broadcast (statically where sizes are known, else by an emitted
+    run-time check naming the user's line) and return the result shape."""
+    shapes = [shape_of(x) for x in xs]
+    out = broadcast_shapes(*shapes)
+    r = len(out)
+    for s in shapes:
+        for k, d in enumerate(s):
+            o = out[k + r - len(s)]
+            if (isinstance(d, int) and d == 1) or same_dim(d, o):
+                continue
+            if isinstance(d, int) and isinstance(o, int):
+                raise ShapeError(at(current_loc(), "operands could not be broadcast together "
+                                    f"with shapes {', '.join(fmt_shape(s) for s in shapes)}"))
+            msg = at(current_loc(), "operands could not be broadcast together: shapes "
+                     f"{' and '.join(fmt_shape(s) for s in shapes)} differ in a size only known at run time")
+            check_eq(d, o, msg)
+    return out
+
+
+_KIND_ORDER = {"bool": 0, "int": 1, "float": 2}
+
+
+def _kind(dt):
+    return "bool" if dt == "bool" else ("float" if dt.startswith("float") else "int")
+
+
+def result_dtype(*xs):
+    """numpy promotion where Python scalars are weak (they take the array's dtype)."""
+    avals = [aval_of(x) for x in xs]
+    strong = [a.dtype for a in avals if not a.weak]
+    weak = [a.dtype for a in avals if a.weak]
+    dt = np.result_type(*strong).name if strong else None
+    for w in weak:
+        if dt is None or _KIND_ORDER[_kind(w)] > _KIND_ORDER[_kind(dt)]:
+            dt = w if dt is None or _kind(w) != "float" else "float64"
+    return dt, not strong
+
+
+def cast(x, dtype, weak=False):
+    """``x`` as ``dtype``: Python scalars and Lits become typed literals, tracers are converted."""
+    if isinstance(x, Tracer):
+        if x.aval.dtype == dtype:
+            return x
+        return bind(convert_p, x, dtype=dtype)
+    v = x.value if isinstance(x, Lit) else x
+    if isinstance(v, np.ndarray):
+        return v.astype(dtype)
+    v = np.dtype(dtype).type(v)
+    if weak:
+        return bool(v) if dtype == "bool" else (float(v) if dtype.startswith("float") else int(v))
+    return v
+
+
+def promote(*xs, to_float=False):
+    dt, weak = result_dtype(*xs)
+    if to_float and not dt.startswith("float"):
+        dt = "float64"
+    return [cast(x, dt, weak) for x in xs], dt
+
+
+def _ew_shape(out_dtype=None):
+    def rule(*ins, **_):
+        dt = out_dtype or ins[0].aval.dtype
+        weak = all(a.aval.weak for a in ins) and out_dtype is None
+        return (Aval(dt, broadcast_shapes(*[a.aval.shape for a in ins]), weak),)
+    return rule
+
+
+def _to_static(x):
+    return x.value if isinstance(x, Lit) else x
+
+
+# =============================================================================================
+# Elementwise primitives
+# =============================================================================================
+
+def _unary(name, impl, deriv, cpu, cuda=None, float_only=True):
+    """Register an elementwise unary primitive whose adjoint is ``ct * deriv(x, y)``."""
+    p = primitive(name, _ew_shape(), impl=impl, kind="elementwise", cpu=cpu, cuda=cuda or cpu,
+                  float_only=float_only)
+    if deriv is not None:
+        p.vjp = lambda ct, ins, outs: (mul(ct, deriv(ins[0], outs[0])),)
+
+    def op(x):
+        if float_only:
+            (x,), _ = promote(x, to_float=True)
+        return bind(p, x)
+    op.__name__ = name
+    return p, op
+
+
+neg_p, neg = _unary("neg", np.negative, None, "(-{0})", float_only=False)
+neg_p.vjp = lambda ct, ins, outs: (neg(ct),)
+sin_p, sin = _unary("sin", np.sin, lambda x, y: cos(x), "np.sin({0})", "math.sin({0})")
+cos_p, cos = _unary("cos", np.cos, lambda x, y: neg(sin(x)), "np.cos({0})", "math.cos({0})")
+tan_p, tan = _unary("tan", np.tan, lambda x, y: add(1.0, mul(y, y)), "np.tan({0})", "math.tan({0})")
+exp_p, exp = _unary("exp", np.exp, lambda x, y: y, "np.exp({0})", "math.exp({0})")
+expm1_p, expm1 = _unary("expm1", np.expm1, lambda x, y: add(y, 1.0), "np.expm1({0})", "math.expm1({0})")
+log_p, log = _unary("log", np.log, lambda x, y: reciprocal(x), "np.log({0})", "math.log({0})")
+log1p_p, log1p = _unary("log1p", np.log1p, lambda x, y: reciprocal(add(x, 1.0)), "np.log1p({0})",
+                        "math.log1p({0})")
+sqrt_p, sqrt = _unary("sqrt", np.sqrt, lambda x, y: div(0.5, y), "np.sqrt({0})", "math.sqrt({0})")
+tanh_p, tanh = _unary("tanh", np.tanh, lambda x, y: sub(1.0, mul(y, y)), "np.tanh({0})",
+                      "math.tanh({0})")
+sinh_p, sinh = _unary("sinh", np.sinh, lambda x, y: cosh(x), "np.sinh({0})", "math.sinh({0})")
+cosh_p, cosh = _unary("cosh", np.cosh, lambda x, y: sinh(x), "np.cosh({0})", "math.cosh({0})")
+arcsin_p, arcsin = _unary("arcsin", np.arcsin, lambda x, y: rsqrt(sub(1.0, mul(x, x))),
+                          "np.arcsin({0})", "math.asin({0})")
+arccos_p, arccos = _unary("arccos", np.arccos, lambda x, y: neg(rsqrt(sub(1.0, mul(x, x)))),
+                          "np.arccos({0})", "math.acos({0})")
+arctan_p, arctan = _unary("arctan", np.arctan, lambda x, y: reciprocal(add(1.0, mul(x, x))),
+                          "np.arctan({0})", "math.atan({0})")
+arcsinh_p, arcsinh = _unary("arcsinh", np.arcsinh, lambda x, y: rsqrt(add(mul(x, x), 1.0)),
+                            "np.arcsinh({0})", "math.asinh({0})")
+arccosh_p, arccosh = _unary("arccosh", np.arccosh, lambda x, y: rsqrt(sub(mul(x, x), 1.0)),
+                            "np.arccosh({0})", "math.acosh({0})")
+arctanh_p, arctanh = _unary("arctanh", np.arctanh, lambda x, y: reciprocal(sub(1.0, mul(x, x))),
+                            "np.arctanh({0})", "math.atanh({0})")
+abs_p, absolute = _unary("abs", np.abs, lambda x, y: sign(x), "abs({0})", float_only=False)
+# Non-differentiable (zero derivative almost everywhere): no adjoint contribution.
+sign_p, sign = _unary("sign", np.sign, None, "np.sign({0})", "(({0} > 0) - ({0} < 0))",
+                      float_only=False)
+floor_p, floor = _unary("floor", np.floor, None, "np.floor({0})", "math.floor({0})")
+ceil_p, ceil = _unary("ceil", np.ceil, None, "np.ceil({0})", "math.ceil({0})")
+round_p, rint = _unary("round", np.rint, None, "np.rint({0})", "round({0})")
+for _p in (sign_p, floor_p, ceil_p, round_p):
+    _p.vjp = lambda ct, ins, outs: (None,)
+    _p.zero_grad = True
+not_p, logical_not = _unary("not", np.logical_not, None, "(not {0})", float_only=False)
+not_p.vjp = lambda ct, ins, outs: (None,)
+
+
+# ---- algebraic identities, applied as equations are built (x+0, x*1, x*0, --x) -------------
+
+
+def _lit_is(a, v):
+    return isinstance(a, Lit) and not isinstance(a.value, bool) and a.value == v
+
+
+def _passes_through(keep, other, prim, ins):
+    """``keep`` already has the result's aval, so the equation can be dropped."""
+    out = prim.shape_rule(*ins)[0]
+    return (isinstance(keep, Var) and keep.aval.dtype == out.dtype
+            and same_shape(keep.aval.shape, out.shape))
+
+
+def _identity_fold(unit, absorbing=None, left_unit=True):
+    def fold(a, b, **_):
+        prim = fold.prim
+        for keep, other, ok in ((a, b, True), (b, a, left_unit)):
+            if ok and _lit_is(other, unit) and _passes_through(keep, other, prim, (a, b)):
+                return Tracer(keep)
+        if absorbing is not None:
+            for keep, other in ((a, b), (b, a)):
+                if _lit_is(other, absorbing) and isinstance(keep, Var):
+                    out = prim.shape_rule(a, b)[0]
+                    return full(out.shape, 0, out.dtype) if out.shape else NotImplemented
+        return NotImplemented
+    return fold
+
+
+def _neg_fold(x):
+    e = _producer(x)
+    if e is not None and e.prim is neg_p:
+        return Tracer(e.inputs[0])
+    return NotImplemented
+
+
+def _producer(v):
+    from .tracing import current
+    return current().producer.get(v) if isinstance(v, Var) else None
+
+
+neg_p.fold = _neg_fold
+
+
+def reciprocal(x):
+    return div(1.0, x)
+
+
+def rsqrt(x):
+    return div(1.0, sqrt(x))
+
+
+def square(x):
+    return mul(x, x)
+
+
+def _binary(name, impl, cpu, vjp=None, cuda=None, out_dtype=None, to_float=False):
+    """Register an elementwise binary primitive; the op function promotes and broadcasts."""
+    p = primitive(name, _ew_shape(out_dtype), impl=impl, vjp=vjp, kind="elementwise", cpu=cpu,
+                  cuda=cuda or cpu)
+
+    def op(a, b):
+        (a, b), _ = promote(a, b, to_float=to_float)
+        broadcast(a, b)
+        return bind(p, a, b)
+    op.__name__ = name
+    return p, op
+
+
+add_p, add = _binary("add", np.add, "({0} + {1})", lambda ct, ins, outs: (ct, ct))
+sub_p, sub = _binary("sub", np.subtract, "({0} - {1})", lambda ct, ins, outs: (ct, neg(ct)))
+mul_p, mul = _binary("mul", np.multiply, "({0} * {1})",
+                     lambda ct, ins, outs: (mul(ct, ins[1]), mul(ins[0], ct)))
+div_p, div = _binary("div", np.true_divide, "({0} / {1})",
+                     lambda ct, ins, outs: (div(ct, ins[1]), neg(mul(ct, div(outs[0], ins[1])))),
+                     to_float=True)
+max_p, maximum = _binary("max", np.maximum, "max({0}, {1})", cuda="max({0}, {1})")
+min_p, minimum = _binary("min", np.minimum, "min({0}, {1})", cuda="min({0}, {1})")
+# Ties split the cotangent in half, so that max(x, x) has derivative 1 (as JAX does).
+max_p.vjp = min_p.vjp = lambda ct, ins, outs: (
+    mul(ct, _tie_weight(ins[0], ins[1], outs[0])), mul(ct, _tie_weight(ins[1], ins[0], outs[0])))
+
+
+def _tie_weight(x, other, y):
+    return select(eq(x, other), 0.5, select(eq(x, y), 1.0, 0.0))
+
+
+def _pow_vjp(ct, ins, outs):
+    x, y = ins
+    dx = mul(ct, mul(y, power(x, sub(y, 1))))
+    # d/dy x**y = log(x) x**y; where x == 0 the limit is 0 (avoid 0 * -inf).
+    dy = None if is_static_scalar(y) else mul(ct, select(eq(x, 0.0), 0.0, mul(log(select(eq(x, 0.0), 1.0, x)), outs[0])))
+    return dx, dy
+
+
+add_p.fold = _identity_fold(0)
+add_p.fold.prim = add_p
+sub_p.fold = _identity_fold(0, left_unit=False)
+sub_p.fold.prim = sub_p
+mul_p.fold = _identity_fold(1, absorbing=0)
+mul_p.fold.prim = mul_p
+div_p.fold = _identity_fold(1, left_unit=False)
+div_p.fold.prim = div_p
+
+pow_p, _pow = _binary("pow", np.power, "({0} ** {1})", _pow_vjp)
+
+
+def power(x, y):
+    # An integral exponent stays an integer literal: numba emits multiplications (powi).
+    if is_static_scalar(y) and float(y).is_integer() and not isinstance(y, bool):
+        if y == 1:
+            return x
+        if y == 0:
+            return add(mul(x, 0.0), 1.0)
+        (xx,), dt = promote(x)
+        if not dt.startswith("float") and y < 0:
+            (xx,), dt = promote(x, to_float=True)
+        lit = Lit(int(y), Aval("int64", (), True))
+        return bind(pow_p, xx, lit)
+    return _pow(x, y)
+
+
+pow_p.shape_rule = lambda x, y: (Aval(x.aval.dtype, broadcast_shapes(x.aval.shape, y.aval.shape),
+                                      x.aval.weak and y.aval.weak),)
+# ``x ** int``: the integer exponent literal keeps the base's dtype.
+pow_p.fold = None
+
+
+def _atan2_vjp(ct, ins, outs):
+    y, x = ins
+    r2 = add(mul(x, x), mul(y, y))
+    return mul(ct, div(x, r2)), mul(ct, neg(div(y, r2)))
+
+
+atan2_p, arctan2 = _binary("atan2", np.arctan2, "np.arctan2({0}, {1})", _atan2_vjp,
+                           cuda="math.atan2({0}, {1})", to_float=True)
+mod_p, mod = _binary("mod", np.mod, "np.mod({0}, {1})",
+                     lambda ct, ins, outs: (ct, None if is_static_scalar(ins[1]) else
+                                            neg(mul(ct, floor(div(ins[0], ins[1]))))))
+floordiv_p, floor_divide = _binary("floordiv", np.floor_divide, "({0} // {1})",
+                                   lambda ct, ins, outs: (None, None))
+
+# Comparisons and logic: boolean results, no derivative.
+_cmp_vjp = lambda ct, ins, outs: (None, None)  # noqa: E731
+eq_p, eq = _binary("eq", np.equal, "({0} == {1})", _cmp_vjp, out_dtype="bool")
+ne_p, ne = _binary("ne", np.not_equal, "({0} != {1})", _cmp_vjp, out_dtype="bool")
+lt_p, lt = _binary("lt", np.less, "({0} < {1})", _cmp_vjp, out_dtype="bool")
+le_p, le = _binary("le", np.less_equal, "({0} <= {1})", _cmp_vjp, out_dtype="bool")
+gt_p, gt = _binary("gt", np.greater, "({0} > {1})", _cmp_vjp, out_dtype="bool")
+ge_p, ge = _binary("ge", np.greater_equal, "({0} >= {1})", _cmp_vjp, out_dtype="bool")
+and_p, logical_and = _binary("and", np.logical_and, "({0} and {1})", _cmp_vjp, out_dtype="bool")
+or_p, logical_or = _binary("or", np.logical_or, "({0} or {1})", _cmp_vjp, out_dtype="bool")
+
+
+def _select_shape(c, a, b):
+    return (Aval(a.aval.dtype, broadcast_shapes(c.aval.shape, a.aval.shape, b.aval.shape),
+                 a.aval.weak and b.aval.weak),)
+
+
+select_p = primitive(
+    "select", _select_shape, impl=np.where, kind="elementwise",
+    cpu="({1} if {0} else {2})",
+    vjp=lambda ct, ins, outs: (None, select(ins[0], ct, 0.0), select(ins[0], 0.0, ct)))
+
+
+def select(c, a, b):
+    """``np.where(c, a, b)``."""
+    (a, b), _ = promote(a, b)
+    if is_static_scalar(c):
+        return a if c else b
+    broadcast(c, a, b)
+    return bind(select_p, c, a, b)
+
+
+def _convert_vjp(ct, ins, outs, dtype):
+    src = dtype_of(ins[0])
+    return (cast(ct, src) if src.startswith("float") and isinstance(ct, Tracer) else
+            (ct if src.startswith("float") else None),)
+
+
+convert_p = primitive(
+    "convert", lambda x, dtype: (Aval(dtype, x.aval.shape),),
+    fold=lambda x, dtype: Tracer(x) if isinstance(x, Var) and x.aval.dtype == dtype else NotImplemented,
+    impl=lambda x, dtype: np.asarray(x).astype(dtype), vjp=_convert_vjp, kind="elementwise",
+    cpu=lambda args, p: f"np.{p['dtype']}({args[0]})")
+
+
+def astype(x, dtype):
+    dtype = np.dtype(dtype).name
+    if isinstance(x, Tracer):
+        return cast(x, dtype)
+    return np.asarray(x).astype(dtype)[()]
+
+
+stop_gradient_p = primitive(
+    "stop_gradient", _ew_shape(), impl=lambda x: x, kind="elementwise", cpu="{0}",
+    vjp=lambda ct, ins, outs: (None,))
+
+
+def stop_gradient(x):
+    return bind(stop_gradient_p, x) if isinstance(x, Tracer) else x
+
+
+def _broadcast_to_shape(x, *dims, shape):
+    return (Aval(x.aval.dtype, _fill_dims(shape, dims), x.aval.weak),)
+
+
+def _fill_dims(template, dims):
+    """Shape from a template whose ``None`` entries are taken, in order, from ``dims``."""
+    it = iter(dims)
+    return tuple(next(it) if d is None else d for d in template)
+
+
+def _split_dims(shape):
+    """(template, dynamic dims) for a symbolic shape: sizes known at run time become inputs."""
+    return tuple(None if isinstance(d, Var) else d for d in shape), tuple(
+        Tracer(d) for d in shape if isinstance(d, Var))
+
+
+broadcast_to_p = primitive(
+    "broadcast_to", _broadcast_to_shape, kind="elementwise", cpu="{0}",
+    impl=lambda x, *dims, shape: np.broadcast_to(x, _fill_dims(shape, dims)).copy(),
+    vjp=lambda ct, ins, outs, shape: (ct,) + (None,) * (len(ins) - 1))
+
+
+def broadcast_to(x, shape):
+    shape = tuple(_dim_atom(d) for d in shape)
+    xs = shape_of(x)
+    if same_shape(xs, shape):
+        return x
+    if is_static_scalar(x) and not any(isinstance(d, Var) for d in shape):
+        return np.full(shape, x)
+    tmp = Aval("bool", shape)
+    broadcast(x, _Shaped(tmp))
+    template, dims = _split_dims(shape)
+    return bind(broadcast_to_p, x, *dims, shape=template)
+
+
+class _Shaped:
+    """A shape-only stand-in used for broadcast checks."""
+
+    def __init__(self, aval):
+        self.aval = aval
+
+
+def _dim_atom(d):
+    if isinstance(d, Tracer):
+        return d.ivar
+    if isinstance(d, (int, np.integer)):
+        return int(d)
+    if isinstance(d, Var):
+        return d
+    raise TraceError(at(current_loc(), f"a size must be an int, not {type(d).__name__}"))
+
+
+# =============================================================================================
+# Reductions (accumulated inside fused loops)
+# =============================================================================================
+
+
+def _reduce_shape(x, axes):
+    return (Aval(x.aval.dtype, tuple(d for k, d in enumerate(x.aval.shape) if k not in axes)),)
+
+
+def _expand_back(y, x, axes):
+    """Reinsert reduced axes as size 1, so that ``y`` broadcasts against ``x``."""
+    if ndim(y) == 0:
+        return y  # a scalar broadcasts as it is
+    shape = list(shape_of(y))
+    for a in sorted(axes):
+        shape.insert(a, 1)
+    return reshape(y, tuple(shape))
+
+
+def _sum_vjp(ct, ins, outs, axes):
+    return (_expand_back(ct, ins[0], axes),)
+
+
+def _max_vjp(ct, ins, outs, axes):
+    x, y = ins[0], _expand_back(outs[0], ins[0], axes)
+    mask = convert(eq(x, y), dtype_of(x))
+    count = _expand_back(reduce_sum(mask, axes), x, axes)
+    return (mul(_expand_back(ct, x, axes), div(mask, count)),)
+
+
+def _prod_vjp(ct, ins, outs, axes):
+    return (mul(_expand_back(ct, ins[0], axes), div(_expand_back(outs[0], ins[0], axes), ins[0])),)
+
+
+reduce_sum_p = primitive("reduce_sum", _reduce_shape, impl=lambda x, axes: np.sum(x, axis=axes),
+                         vjp=_sum_vjp, kind="reduce", init=0, cpu="{acc} + {0}")
+reduce_max_p = primitive("reduce_max", _reduce_shape, impl=lambda x, axes: np.max(x, axis=axes),
+                         vjp=_max_vjp, kind="reduce", init=-math.inf, cpu="max({acc}, {0})")
+reduce_min_p = primitive("reduce_min", _reduce_shape, impl=lambda x, axes: np.min(x, axis=axes),
+                         vjp=_max_vjp, kind="reduce", init=math.inf, cpu="min({acc}, {0})")
+reduce_prod_p = primitive("reduce_prod", _reduce_shape,
+                          impl=lambda x, axes: np.prod(x, axis=axes), vjp=_prod_vjp,
+                          kind="reduce", init=1, cpu="{acc} * {0}")
+
+
+def norm_axes(axis, nd):
+    if axis is None:
+        return tuple(range(nd))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in axes:
+        if isinstance(a, Tracer):
+            raise TraceError(at(current_loc(), "a reduction axis must be known at compile time"))
+        a = int(a)
+        if not -nd <= a < nd:
+            raise TraceError(at(current_loc(), f"axis {a} is out of bounds for an array of rank {nd}"))
+        out.append(a % nd)
+    return tuple(sorted(set(out)))
+
+
+def _reducer(prim, bool_to_int=True):
+    def op(x, axis=None, keepdims=False):
+        axes = norm_axes(axis, ndim(x))
+        if dtype_of(x) == "bool" and bool_to_int:
+            x = cast(x, "int64")
+        if is_static_scalar(x) or not axes:
+            y = x
+        else:
+            y = bind(prim, x, axes=axes)
+        if keepdims and axes:
+            y = _expand_back(y, x, axes)
+        return y
+    return op
+
+
+reduce_sum = _reducer(reduce_sum_p)
+reduce_max = _reducer(reduce_max_p)
+reduce_min = _reducer(reduce_min_p)
+reduce_prod = _reducer(reduce_prod_p)
+
+
+def size_of(x, axes):
+    n = 1
+    shp = shape_of(x)
+    for a in axes:
+        d = shp[a]
+        n = mul(n, Tracer(d)) if isinstance(d, Var) else n * d
+    return n
+
+
+# =============================================================================================
+# Integer/size arithmetic helpers
+# =============================================================================================
+
+
+def convert(x, dtype):
+    return cast(x, dtype)
+
+
+check_eq_p = primitive(
+    "check_eq", lambda a, b, msg: (), effect=True, kind="check",
+    cpu=None, impl=None)
+
+
+def _check_fold(a, b, msg):
+    av, bv = _to_static(a), _to_static(b)
+    if a is b or (not isinstance(av, Var) and not isinstance(bv, Var) and av == bv):
+        return None
+    if isinstance(av, (int, np.integer)) and isinstance(bv, (int, np.integer)):
+        raise ShapeError(msg)
+    return NotImplemented
+
+
+check_eq_p.fold = _check_fold
+check_eq_p.vjp = lambda ct, ins, outs, msg: (None, None)
+
+
+def check_eq(a, b, msg):
+    """A run-time check that two sizes agree; raises ``ShapeError(msg)`` in the kernel."""
+    bind(check_eq_p, a if not isinstance(a, Var) else Tracer(a),
+         b if not isinstance(b, Var) else Tracer(b), msg=msg)
+
+
+# =============================================================================================
+# Structural primitives (views, copies, data movement)
+# =============================================================================================
+
+
+def _reshape_shape(x, *dims, shape):
+    return (Aval(x.aval.dtype, _fill_dims(shape, dims), x.aval.weak),)
+
+
+reshape_p = primitive(
+    "reshape", _reshape_shape,
+    impl=lambda x, *dims, shape: np.reshape(x, _fill_dims(shape, dims)),
+    vjp=lambda ct, ins, outs, shape: (reshape(ct, shape_of(ins[0])),) + (None,) * (len(ins) - 1))
+
+
+def reshape(x, shape):
+    """``x.reshape(shape)`` with -1 and symbolic sizes; unit-axis changes stay cheap views."""
+    if isinstance(shape, (int, Tracer, Var)):
+        shape = (shape,)
+    shape = [_dim_atom(d) for d in shape]
+    if is_static_scalar(x):
+        if any(isinstance(d, Var) for d in shape):
+            return broadcast_to(x, [d if d != -1 else 1 for d in shape])
+        return np.reshape(x, [int(d) for d in shape])
+    if -1 in [d for d in shape if isinstance(d, int)]:
+        k = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1][0]
+        total = size_of(x, range(ndim(x)))
+        known = 1
+        for i, d in enumerate(shape):
+            if i != k:
+                known = mul(known, Tracer(d)) if isinstance(d, Var) else known * d
+        n = floor_divide(total, known)
+        shape[k] = n.ivar if isinstance(n, Tracer) else int(n)
+    shape = tuple(shape)
+    if same_shape(shape, shape_of(x)):
+        return x
+    template, dims = _split_dims(shape)
+    return bind(reshape_p, x, *dims, shape=template)
+
+
+def _transpose_shape(x, perm):
+    return (Aval(x.aval.dtype, tuple(x.aval.shape[p] for p in perm), x.aval.weak),)
+
+
+transpose_p = primitive(
+    "transpose", _transpose_shape, impl=lambda x, perm: np.transpose(x, perm),
+    vjp=lambda ct, ins, outs, perm: (transpose(ct, tuple(np.argsort(perm).tolist())),))
+
+
+def transpose(x, axes=None):
+    nd = ndim(x)
+    perm = tuple(reversed(range(nd))) if axes is None else tuple(int(a) % nd for a in axes)
+    if perm == tuple(range(nd)) or is_static_scalar(x):
+        return x
+    return bind(transpose_p, x, perm=perm)
+
+
+# Basic indexing. ``spec`` has one entry per input axis: ("i", k) an integer index or
+# ("s", start, stop, step) a slice (start/stop None when omitted); "?" stands for a value known
+# only at run time, taken in order from the dynamic inputs. ``sizes`` gives the output sizes,
+# "?" again for run-time sizes, which follow the index values among the inputs.
+
+DYN = "?"
+
+
+def _split_dyn(spec, sizes, dyn):
+    n_vals = sum(1 for s in spec for v in s[1:] if v == DYN)
+    return dyn[:n_vals], dyn[n_vals:]
+
+
+def _spec_values(spec, vals):
+    it = iter(vals)
+    return [(s[0],) + tuple(next(it) if v == DYN else v for v in s[1:]) for s in spec]
+
+
+def _slice_shape(x, *dyn, spec, sizes):
+    _, size_in = _split_dyn(spec, sizes, dyn)
+    return (Aval(x.aval.dtype, _fill_dims(tuple(None if s == DYN else s for s in sizes), size_in),
+                 x.aval.weak),)
+
+
+def _py_index(spec_vals):
+    return tuple(int(v[1]) if v[0] == "i" else slice(*v[1:]) for v in spec_vals)
+
+
+def _slice_impl(x, *dyn, spec, sizes):
+    vals, _ = _split_dyn(spec, sizes, dyn)
+    return np.array(np.asarray(x)[_py_index(_spec_values(spec, vals))])
+
+
+slice_p = primitive("slice", _slice_shape, impl=_slice_impl)
+slice_p.vjp = lambda ct, ins, outs, spec, sizes: (
+    slice_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:], spec, sizes),
+) + (None,) * (len(ins) - 1)
+
+
+def _slice_add_impl(acc, v, *dyn, spec, sizes):
+    vals, _ = _split_dyn(spec, sizes, dyn)
+    out = np.array(acc, copy=True)
+    out[_py_index(_spec_values(spec, vals))] += v
+    return out
+
+
+# ``acc`` with ``v`` added into ``acc[spec]``: the adjoint of basic indexing. Lowered in place
+# when ``acc`` is not used afterwards (the usual case: a gradient being accumulated).
+slice_add_p = primitive("slice_add", lambda acc, v, *dyn, spec, sizes: (acc.aval,),
+                        impl=_slice_add_impl, inplace=0)
+slice_add_p.vjp = lambda ct, ins, outs, spec, sizes: (
+    ct, bind(slice_p, ct, *ins[2:], spec=spec, sizes=sizes)) + (None,) * (len(ins) - 2)
+
+
+def slice_add(acc, v, dyn, spec, sizes):
+    sub = _slice_shape(Lit(0, aval_of(acc)), *[_dyn_atom(d) for d in dyn], spec=spec, sizes=sizes)
+    v = broadcast_to(cast(v, dtype_of(acc)), sub[0].shape)
+    return bind(slice_add_p, acc, v, *dyn, spec=spec, sizes=sizes)
+
+
+def _dyn_atom(d):
+    if isinstance(d, Tracer):
+        return d.ivar
+    return d if isinstance(d, (Var, Lit)) else Lit(int(d), Aval("int64", (), True))
+
+
+_NONE = -(2 ** 62)  # an omitted slice bound among slicelen's operands
+
+
+def _none(v):
+    return None if v == _NONE else v
+
+
+slicelen_p = primitive(
+    "slicelen", lambda n, start, stop, step: (Aval("int64"),),
+    impl=lambda n, start, stop, step: len(range(*slice(_none(start), _none(stop), step).indices(int(n)))),
+    kind="elementwise", cpu="gj_slicelen({0}, {1}, {2}, {3})",
+    vjp=lambda ct, ins, outs: (None,) * 4)
+
+
+def index(x, idx):
+    """``x[idx]`` for ints, slices, None/newaxis, Ellipsis, tuples and integer arrays."""
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    if any(_is_array_index(i) for i in idx):
+        return gather(x, idx)
+    nd = ndim(x)
+    is_ell = [i is Ellipsis for i in idx]
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    if any(is_ell):
+        k = is_ell.index(True)
+        idx = idx[:k] + (slice(None),) * (nd - n_real) + idx[k + 1:]
+    if n_real > nd:
+        raise TraceError(at(current_loc(), f"too many indices ({n_real}) for an array of rank {nd}"))
+    idx = idx + (slice(None),) * (nd - n_real)
+    new_axes, real, out_rank = [], [], 0
+    for i in idx:
+        if i is None:
+            new_axes.append(out_rank)
+            out_rank += 1
+        else:
+            real.append(i)
+            out_rank += 0 if _is_int(i) else 1
+    spec, vals, sizes, size_in = [], [], [], []
+    xshape = shape_of(x)
+    for k, i in enumerate(real):
+        n = xshape[k]
+        if _is_int(i):
+            if isinstance(i, Tracer):
+                spec.append(("i", DYN))
+                vals.append(cast(i, "int64"))
+            else:
+                i = int(i)
+                if isinstance(n, int) and not -n <= i < n:
+                    raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
+                                        f"with size {n}"))
+                spec.append(("i", i))
+        elif isinstance(i, slice):
+            if isinstance(i.step, Tracer):
+                raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
+            step = 1 if i.step is None else int(i.step)
+            if step == 0:
+                raise TraceError(at(current_loc(), "slice step cannot be zero"))
+            bounds = []
+            for v in (i.start, i.stop):
+                if isinstance(v, Tracer):
+                    bounds.append(DYN)
+                    vals.append(cast(v, "int64"))
+                else:
+                    bounds.append(None if v is None else int(v))
+            spec.append(("s", bounds[0], bounds[1], step))
+            if i.start is None and i.stop is None and step == 1:
+                length = n
+            else:
+                lo = _NONE if i.start is None else i.start
+                hi = _NONE if i.stop is None else i.stop
+                length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
+            if isinstance(length, Tracer):
+                length = length.ivar
+            if isinstance(length, Var):
+                sizes.append(DYN)
+                size_in.append(Tracer(length))
+            else:
+                sizes.append(int(length))
+        else:
+            raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))
+    spec = tuple(spec)
+    if all(s == ("s", None, None, 1) for s in spec):
+        y = x
+    else:
+        y = bind(slice_p, x, *vals, *size_in, spec=spec, sizes=tuple(sizes))
+    if new_axes:
+        shape = list(shape_of(y))
+        for a in new_axes:
+            shape.insert(a, 1)
+        y = reshape(y, tuple(shape))
+    return y
+
+
+def _is_int(i):
+    if isinstance(i, Tracer):
+        return i.ndim == 0 and not i.dtype.kind == "f"
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
+def _is_array_index(i):
+    if isinstance(i, Tracer):
+        return i.ndim > 0
+    return isinstance(i, (np.ndarray, list))
+
+
+# Integer-array ("advanced") indexing over the leading axes: out[k...] = x[i0[k...], i1[k...], :...]
+
+def _gather_shape(x, *idx):
+    ishape = broadcast_shapes(*[i.aval.shape for i in idx])
+    return (Aval(x.aval.dtype, ishape + x.aval.shape[len(idx):], x.aval.weak),)
+
+
+gather_p = primitive(
+    "gather", _gather_shape, impl=lambda x, *idx: np.asarray(x)[tuple(idx)],
+    kind="index", cpu="{x}[{idx}]", whole_inputs=(0,))
+
+
+def _scatter_add_shape(acc, v, *idx):
+    return (acc.aval,)
+
+
+def _scatter_add_impl(acc, v, *idx):
+    out = np.array(acc, copy=True)
+    np.add.at(out, tuple(idx), v)
+    return out
+
+
+scatter_add_p = primitive("scatter_add", _scatter_add_shape, impl=_scatter_add_impl,
+                          kind="scatter", inplace=0)
+gather_p.vjp = lambda ct, ins, outs: (
+    scatter_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:]),) + (None,) * (len(ins) - 1)
+scatter_add_p.vjp = lambda ct, ins, outs: (ct, gather(ct, tuple(ins[2:]))) + (None,) * (len(ins) - 2)
+
+
+def gather(x, idx):
+    if not isinstance(x, Tracer):
+        raise TraceError(at(current_loc(), "integer-array indexing of a constant is not supported"))
+    arrs = []
+    for i in idx:
+        if isinstance(i, slice) and i == slice(None):
+            break
+        if isinstance(i, list):
+            i = np.asarray(i)
+        if isinstance(i, np.ndarray):
+            if i.dtype.kind not in "iu":
+                raise TraceError(at(current_loc(), "boolean-mask indexing is not supported "
+                                    "(its result has a data-dependent shape); use np.where"))
+            raise TraceError(at(current_loc(), "indexing with a constant integer array: pass it "
+                                "as an argument or build it with np.arange"))
+        if not (isinstance(i, Tracer) and i.dtype.kind in "iu"):
+            raise TraceError(at(current_loc(), "integer-array indexing must use integer arrays on "
+                                "the leading axes (mixing them with slices is not supported)"))
+        arrs.append(i)
+    rest = idx[len(arrs):]
+    if any(not (isinstance(r, slice) and r == slice(None)) for r in rest):
+        raise TraceError(at(current_loc(), "integer-array indexing followed by slices is not supported"))
+    arrs = [cast(a, "int64") for a in arrs]
+    broadcast(*arrs)
+    return bind(gather_p, x, *arrs)
+
+
+def scatter_add(acc, v, idx):
+    return bind(scatter_add_p, acc, cast(v, dtype_of(acc)), *idx)
+
+
+def _iota_shape(n, dtype):
+    return (Aval(dtype, (n if isinstance(n, Var) else _to_static(n),)),)
+
+
+iota_p = primitive("iota", _iota_shape, impl=lambda n, dtype: np.arange(n, dtype=dtype),
+                   kind="iota", cpu="{i}", vjp=lambda ct, ins, outs, dtype: (None,))
+
+
+def arange(n, dtype="int64"):
+    if isinstance(n, (int, np.integer)):
+        return np.arange(int(n), dtype=dtype)
+    return bind(iota_p, cast(n, "int64"), dtype=dtype)
+
+
+def _full_shape(value, *dims, shape, dtype):
+    return (Aval(dtype, _fill_dims(shape, dims)),)
+
+
+full_p = primitive(
+    "full", _full_shape, kind="elementwise", cpu="{0}",
+    impl=lambda value, *dims, shape, dtype: np.full(_fill_dims(shape, dims), value, dtype=dtype),
+    vjp=lambda ct, ins, outs, shape, dtype: (None,) * len(ins))
+
+
+def full(shape, value, dtype="float64"):
+    shape = tuple(_dim_atom(d) for d in shape)
+    template, dims = _split_dims(shape)
+    return bind(full_p, cast(value, dtype), *dims, shape=template, dtype=dtype)
+
+
+def zeros(shape, dtype="float64"):
+    return full(shape, 0, dtype)
+
+
+def _concat_vjp(ct, ins, outs, axis, size=None):
+    res, start = [], 0
+    nd = ndim(ct)
+    for x in ins[: len(ins) - (1 if size is not None else 0)]:
+        n = shape_of(x)[axis]
+        n = Tracer(n) if isinstance(n, Var) else n
+        stop = add(start, n)
+        sl = (slice(None),) * axis + (slice(start, stop),) + (slice(None),) * (nd - axis - 1)
+        res.append(index(ct, sl))
+        start = stop
+    return tuple(res) + ((None,) if size is not None else ())
+
+
+def _concat_shape(*xs, axis, dynamic):
+    if dynamic:
+        size, xs = xs[-1], xs[:-1]
+    shape = list(xs[0].aval.shape)
+    shape[axis] = size if dynamic else sum(x.aval.shape[axis] for x in xs)
+    return (Aval(xs[0].aval.dtype, tuple(shape)),)
+
+
+concat_p = primitive(
+    "concatenate", _concat_shape,
+    impl=lambda *xs, axis, dynamic: np.concatenate(xs[:-1] if dynamic else xs, axis=axis),
+    vjp=lambda ct, ins, outs, axis, dynamic: _concat_vjp(ct, ins, outs, axis, 1 if dynamic else None))
+
+
+def concatenate(xs, axis=0):
+    xs = list(xs)
+    (*xs,), dt = promote(*xs)
+    nd = max(ndim(x) for x in xs)
+    if nd == 0:
+        raise TraceError(at(current_loc(), "zero-dimensional arrays cannot be concatenated"))
+    axis = int(axis) % nd
+    xs = [x if isinstance(x, Tracer) else cast(np.asarray(x), dt) for x in xs]
+    if not all(isinstance(x, Tracer) for x in xs):
+        raise TraceError(at(current_loc(), "concatenating constant arrays with traced ones: "
+                            "pass the constant as an argument"))
+    base = shape_of(xs[0])
+    for x in xs[1:]:
+        s = shape_of(x)
+        if len(s) != len(base):
+            raise ShapeError(at(current_loc(), "all the input arrays must have the same number of dimensions"))
+        for k in range(len(s)):
+            if k != axis and not same_dim(s[k], base[k]):
+                if isinstance(s[k], int) and isinstance(base[k], int):
+                    raise ShapeError(at(current_loc(), f"concatenate: sizes differ on axis {k}: "
+                                        f"{fmt_shape(base)} and {fmt_shape(s)}"))
+                check_eq(s[k], base[k], at(current_loc(), "concatenate: sizes differ at run time"))
+    dynamic = any(isinstance(shape_of(x)[axis], Var) for x in xs)
+    if dynamic:
+        total = 0
+        for x in xs:
+            d = shape_of(x)[axis]
+            total = add(total, Tracer(d) if isinstance(d, Var) else d)
+        return bind(concat_p, *xs, total, axis=axis, dynamic=True)
+    return bind(concat_p, *xs, axis=axis, dynamic=False)
+
+
+# =============================================================================================
+# Linear algebra
+# =============================================================================================
+
+
+def _matmul_shape(a, b):
+    sa, sb = a.aval.shape, b.aval.shape
+    out = sa[:-1] + sb[1:] if len(sb) == 2 else sa[:-1]
+    if len(sa) == 1:
+        out = sb[1:] if len(sb) == 2 else ()
+    return (Aval(a.aval.dtype, tuple(out)),)
+
+
+def _matmul_vjp(ct, ins, outs):
+    a, b = ins
+    ra, rb = ndim(a), ndim(b)
+    if ra == 2 and rb == 2:
+        return matmul(ct, transpose(b)), matmul(transpose(a), ct)
+    if ra == 2 and rb == 1:
+        return outer(ct, b), matmul(transpose(a), ct)
+    if ra == 1 and rb == 2:
+        return matmul(b, ct), outer(a, ct)
+    return mul(ct, b), mul(ct, a)
+
+
+matmul_p = primitive("matmul", _matmul_shape, impl=np.matmul, vjp=_matmul_vjp)
+
+
+def matmul(a, b):
+    """``a @ b`` for operands of rank 1 or 2 (BLAS through ``np.dot``)."""
+    (a, b), _ = promote(a, b, to_float=True)
+    ra, rb = ndim(a), ndim(b)
+    if ra == 0 or rb == 0:
+        raise TraceError(at(current_loc(), "matmul: operands must have rank >= 1 (use *)"))
+    if ra > 2 or rb > 2:
+        return _batched_matmul(a, b)
+    ka = shape_of(a)[-1]
+    kb = shape_of(b)[0]
+    if not same_dim(ka, kb):
+        if isinstance(ka, int) and isinstance(kb, int):
+            raise ShapeError(at(current_loc(), f"matmul: shapes {fmt_shape(shape_of(a))} and "
+                                f"{fmt_shape(shape_of(b))} are not aligned ({ka} != {kb})"))
+        check_eq(ka, kb, at(current_loc(), f"matmul: shapes {fmt_shape(shape_of(a))} and "
+                            f"{fmt_shape(shape_of(b))} are not aligned"))
+    if not isinstance(a, Tracer) or not isinstance(b, Tracer):
+        if not isinstance(a, Tracer) and not isinstance(b, Tracer):
+            return np.matmul(a, b)
+        raise TraceError(at(current_loc(), "matmul with a constant array: pass it as an argument"))
+    return bind(matmul_p, a, b)
+
+
+def _batched_matmul(a, b):
+    raise TraceError(at(current_loc(), "matmul of arrays of rank > 2 is not supported yet; use einsum"))
+
+
+def outer(a, b):
+    a = reshape(a, (size_of(a, range(ndim(a))),)) if ndim(a) != 1 else a
+    b = reshape(b, (size_of(b, range(ndim(b))),)) if ndim(b) != 1 else b
+    return mul(reshape(a, (shape_of(a)[0], 1)), b)
+
+
+# =============================================================================================
+# Constant arrays (small numpy arrays computed at trace time)
+# =============================================================================================
+
+
+class ConstArray:
+    """A static array as a hashable param: compared by dtype, shape and content."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+        self.array.flags.writeable = False
+        self._key = (self.array.dtype.str, self.array.shape, self.array.tobytes())
+
+    def __eq__(self, other):
+        return isinstance(other, ConstArray) and self._key == other._key
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __repr__(self):
+        return f"array({np.array2string(self.array, separator=',', threshold=8)})"
+
+
+const_p = primitive("const", lambda value: (Aval(value.array.dtype.name, value.array.shape),),
+                    impl=lambda value: value.array, vjp=lambda ct, ins, outs, value: ())
+
+
+def lift(x):
+    """A numpy array met by a traced operation becomes a constant of the graph."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return x[()]
+    if x.size > 4096:
+        raise TraceError(at(current_loc(), f"a constant array of {x.size} elements was built "
+                            "while tracing: pass it as an argument instead"))
+    if x.dtype.kind not in "biuf":
+        raise TraceError(at(current_loc(), f"arrays of dtype {x.dtype} are not supported"))
+    return bind(const_p, value=ConstArray(x))
+
+
+from . import tracing as _tracing  # noqa: E402
+
+_tracing.lift_array = lift

@@ -1,0 +1,238 @@
+"""Building IR: the ``Builder`` that collects equations, ``Tracer`` handles for dynamic values,
+and ``bind``, the one door through which every primitive application enters a graph.
+
+Everything that emits IR (the front end, adjoint rules, batching rules, inlining) calls the
+same op functions in ``primitives``, which call ``bind``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..errors import TraceError, at
+from .ir import Aval, Eqn, Graph, Lit, Var, make_params
+
+# ---------------------------------------------------------------------------------------------
+# Builder
+# ---------------------------------------------------------------------------------------------
+
+
+class Builder:
+    def __init__(self):
+        self.eqns = []
+        self.producer = {}  # Var -> the Eqn that defines it (for peephole rewrites)
+        self.loc = None  # the user's file:line of what is being traced now
+
+    def new_input(self, aval):
+        return Var(aval)
+
+
+_stack = []
+
+
+def current():
+    if not _stack:
+        raise TraceError("no graph is being built (an op was called outside a trace)")
+    return _stack[-1]
+
+
+@contextlib.contextmanager
+def building(builder=None):
+    b = builder or Builder()
+    _stack.append(b)
+    try:
+        yield b
+    finally:
+        _stack.pop()
+
+
+@contextlib.contextmanager
+def location(loc):
+    """Attribute the equations emitted inside to ``loc`` (kept if ``loc`` is None)."""
+    b = current()
+    old = b.loc
+    if loc is not None:
+        b.loc = loc
+    try:
+        yield
+    finally:
+        b.loc = old
+
+
+def current_loc():
+    return _stack[-1].loc if _stack else None
+
+
+def make_graph(inputs, outputs, builder):
+    outs = tuple(atom(o) for o in outputs)
+    return Graph(tuple(v.ivar if isinstance(v, Tracer) else v for v in inputs), tuple(builder.eqns), outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atoms: turning Python values into IR operands
+# ---------------------------------------------------------------------------------------------
+
+
+def is_static_scalar(x):
+    return isinstance(x, (bool, int, float, np.bool_, np.integer, np.floating)) and not isinstance(
+        x, Tracer
+    )
+
+
+def lit_aval(x):
+    """The aval of a Python/numpy scalar: Python numbers are weakly typed."""
+    if isinstance(x, (bool, np.bool_)):
+        return Aval("bool")
+    if isinstance(x, int):
+        return Aval("int64", (), True)
+    if isinstance(x, float):
+        return Aval("float64", (), True)
+    return Aval(np.dtype(type(x)).name)
+
+
+def atom(x):
+    """Var/Lit for a Tracer or static scalar."""
+    if isinstance(x, Tracer):
+        return x.ivar
+    if isinstance(x, (Var, Lit)):
+        return x
+    if is_static_scalar(x):
+        return Lit(x.item() if isinstance(x, np.generic) else x, lit_aval(x))
+    if isinstance(x, (np.ndarray, list)) and lift_array is not None:
+        return atom(lift_array(x))
+    raise TraceError(at(current_loc(), f"cannot use a value of type {type(x).__name__} here"))
+
+
+lift_array = None  # set by primitives: numpy array -> constant in the graph
+
+
+def aval_of(x):
+    if isinstance(x, Tracer):
+        return x.ivar.aval
+    if isinstance(x, (Var, Lit)):
+        return x.aval
+    if isinstance(x, np.ndarray):
+        return Aval(x.dtype.name, x.shape)
+    return lit_aval(x)
+
+
+def static_value(a):
+    """The Python value of a Lit (for constant folding)."""
+    return a.value if isinstance(a, Lit) else a
+
+
+# ---------------------------------------------------------------------------------------------
+# bind
+# ---------------------------------------------------------------------------------------------
+
+
+def bind(prim, *args, **params):
+    """Apply ``prim`` to Tracers / static scalars: fold it when everything is known, else emit
+    an equation. Returns one value, or a tuple if the primitive has several outputs."""
+    ins = tuple(atom(a) for a in args)
+    if prim.fold is not None:
+        folded = prim.fold(*ins, **params)
+        if folded is not NotImplemented:
+            return folded
+    if ins and prim.impl is not None and not prim.effect and all(isinstance(a, Lit) for a in ins):
+        if all(not isinstance(d, Var) for a in ins for d in a.aval.shape):
+            vals = prim.impl(*[a.value for a in ins], **params)
+            outs = vals if prim.multiple_results else (vals,)
+            avals = prim.shape_rule(*ins, **params)
+            res = tuple(_const(v, av) for v, av in zip(outs, avals))
+            return res if prim.multiple_results else res[0]
+    avals = prim.shape_rule(*ins, **params)
+    outs = tuple(Var(av) for av in avals)
+    b = current()
+    e = Eqn(prim, ins, make_params(params), outs, b.loc)
+    b.eqns.append(e)
+    for v in outs:
+        b.producer[v] = e
+    res = tuple(Tracer(v) for v in outs)
+    return res if prim.multiple_results else (res[0] if res else None)
+
+
+def _const(v, aval):
+    """A folded result stays a static Python scalar, typed like the operation's output."""
+    if aval.weak:
+        if aval.dtype == "bool":
+            return bool(v)
+        return float(v) if aval.is_float else int(v)
+    return np.dtype(aval.dtype).type(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracer: a dynamic value inside a trace, with numpy's operators and ndarray methods
+# ---------------------------------------------------------------------------------------------
+
+
+class Tracer:
+    """A handle on an IR ``Var`` that behaves like an ndarray (operators, methods, ``.shape``)."""
+
+    __slots__ = ("ivar",)
+    __array_priority__ = 1000  # numpy defers to us in `ndarray + tracer`
+
+    def __init__(self, var):
+        self.ivar = var
+
+    @property
+    def aval(self):
+        return self.ivar.aval
+
+    @property
+    def dtype(self):
+        return np.dtype(self.ivar.aval.dtype)
+
+    @property
+    def ndim(self):
+        return self.ivar.aval.ndim
+
+    @property
+    def shape(self):
+        return tuple(d if isinstance(d, int) else Tracer(d) for d in self.ivar.aval.shape)
+
+    @property
+    def size(self):
+        n = 1
+        for d in self.shape:
+            n = n * d
+        return n
+
+    def __len__(self):
+        raise TraceError(at(current_loc(), "len() of a traced array: use x.shape[0]"))
+
+    def __bool__(self):
+        raise TraceError(
+            at(current_loc(), "the truth value of a traced value is only known at run time "
+               "(use it in an if/while the compiler can see, or np.where)")
+        )
+
+    def __index__(self):
+        raise TraceError(at(current_loc(), "a traced value cannot be used as a Python int here"))
+
+    def __float__(self):
+        raise TraceError(at(current_loc(), "a traced value cannot be converted to a Python float"))
+
+    __int__ = __index__
+
+    def __iter__(self):
+        raise TraceError(at(current_loc(), "iterating over a traced array is not supported; "
+                            "loop over range(x.shape[0])"))
+
+    def __array__(self, *a, **k):
+        raise TraceError(at(current_loc(), "a traced value was passed to a function gradjit "
+                            "does not know (np.asarray / a non-numpy library)"))
+
+    def __repr__(self):
+        return f"Tracer({self.ivar.aval})"
+
+    def __hash__(self):
+        return id(self)
+
+
+def install_methods(cls, table):
+    """Give ``Tracer`` its operators and ndarray methods (from ``numpy_api``)."""
+    for name, fn in table.items():
+        setattr(cls, name, fn)

@@ -1,0 +1,1 @@
+"""numba helper kernels called by generated code, one module per backend."""

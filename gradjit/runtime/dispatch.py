@@ -1,0 +1,566 @@
+"""Transforms as callables: trace once per signature, build the transformed graph, optimise,
+emit, compile, cache; then every call is a dict lookup and one numba call.
+
+The only state of gradjit lives here and in the caches.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..compiler import ad, frontend, passes
+from ..compiler import primitives as P
+from ..compiler.codegen import cpu
+from ..compiler.ir import Var, verify
+from ..compiler.tracing import Builder, Tracer, building, make_graph
+from ..errors import GradjitError, ShapeError, TraceError
+from . import pytree
+from .signature import arg_key, aval_for, describe, prepare
+
+DEBUG = int(os.environ.get("GRADJIT_DEBUG", "0") or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache statistics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheInfo:
+    hits: int = 0
+    misses: int = 0
+    compiles: int = 0
+    memory_entries: int = 0
+    disk_entries: int = 0
+    disk_hits: int = 0
+
+
+_stats = CacheInfo()
+_all_caches = []  # every transform's memory cache, for cache_info/clear_cache
+
+
+def cache_info():
+    """Counters of this process: hits, misses, compiles, memory_entries, disk_entries."""
+    info = CacheInfo(**vars(_stats))
+    info.memory_entries = sum(len(c) for c in _all_caches)
+    dc = disk_cache()
+    info.disk_entries = len(dc.entries()) if dc is not None and dc.enabled else 0
+    return info
+
+
+def clear_cache(memory=True, disk=False):
+    if memory:
+        for c in _all_caches:
+            c.clear()
+    if disk:
+        dc = disk_cache()
+        if dc is not None:
+            dc.clear()
+
+
+_disk = None
+
+
+def disk_cache():
+    global _disk
+    if _disk is None:
+        try:
+            from .diskcache import DiskCache
+        except ImportError:  # pragma: no cover - during bring-up
+            return None
+        _disk = DiskCache()
+    return _disk
+
+
+def reset_disk_cache():
+    """Forget the disk cache object (tests switch GRADJIT_CACHE_DIR)."""
+    global _disk
+    _disk = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing a Python function into a graph
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Traced:
+    graph: object
+    out_tree: object
+    captures: list  # Capture objects of arrays passed at every call
+    guards: list  # Capture objects of baked values
+    sources: dict
+    qualname: str
+    loc: str
+
+
+def trace(fun, args, static=None):
+    """Trace ``fun`` on leaves shaped like ``args`` (a tuple of pytrees)."""
+    static = static or {}
+    interp = frontend.Interpreter()
+    with building(Builder()) as b:
+        tracer_args, inputs = [], []
+        for k, a in enumerate(args):
+            if k in static:
+                tracer_args.append(a)
+                continue
+            leaves, tree = pytree.flatten(a)
+            ts = [Tracer(Var(aval_for(x))) for x in leaves]
+            inputs.extend(ts)
+            tracer_args.append(pytree.unflatten(tree, ts))
+        out = interp.call(fun, tracer_args)
+        out_leaves, out_tree = pytree.flatten(out)
+        for o in out_leaves:
+            if not (isinstance(o, Tracer) or frontend.P.is_static_scalar(o) or isinstance(o, np.ndarray)):
+                raise TraceError(f"{_fn_loc(fun)}: {_name(fun)} returned a {type(o).__name__}; "
+                                 "traced functions return arrays, numbers, or tuples/lists/dicts of them")
+        out_leaves = [o if not isinstance(o, np.ndarray) else P.lift(o) for o in out_leaves]
+        cap_tracers = [t for _, t in interp.captured_inputs]
+        graph = make_graph(inputs + cap_tracers, out_leaves, b)
+    return Traced(graph, out_tree, [c for c, _ in interp.captured_inputs], interp.guards,
+                  interp.sources, _name(fun), _fn_loc(fun))
+
+
+def _name(fun):
+    return getattr(fun, "__qualname__", None) or getattr(fun, "__name__", None) or repr(fun)
+
+
+def _fn_loc(fun):
+    code = getattr(fun, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else "<unknown>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph transforms at the boundary
+# ---------------------------------------------------------------------------------------------
+
+
+def grad_graph(traced, n_args_leaves, wrt, has_aux, with_value):
+    """Graph computing [value, aux...] + gradients of the first output w.r.t. leaves ``wrt``."""
+    g = traced.graph
+    out0 = g.outputs[0] if g.outputs else None
+    if out0 is None or out0.aval.shape != ():
+        shape = "()" if out0 is None else P.fmt_shape(out0.aval.shape)
+        raise GradjitError(f"{traced.loc}: grad requires {traced.qualname} to return a scalar, "
+                           f"but its output has shape {shape}; use gj.vjp or gj.jacobian for "
+                           "non-scalar outputs")
+    if not out0.aval.is_float:
+        raise TypeError(f"{traced.loc}: grad of {traced.qualname}: its output must be a float, "
+                        f"not {out0.aval.dtype}")
+    with building(Builder()) as b:
+        ins = [Tracer(v) for v in g.inputs]
+        seeds = [P.cast(1.0, out0.aval.dtype)] + [None] * (len(g.outputs) - 1)
+        outs, cts = ad.vjp(g, ins, seeds, wrt)
+        grads = [ad.materialize(c, g.inputs[i].aval) for c, i in zip(cts, wrt)]
+        res = (outs if with_value or has_aux else []) + grads
+        return make_graph(ins, res, b)
+
+
+def vjp_graph(traced, wrt):
+    """Graph of (inputs..., cotangents of outputs...) -> (outputs..., input cotangents...)."""
+    g = traced.graph
+    with building(Builder()) as b:
+        ins = [Tracer(v) for v in g.inputs]
+        ct_ins = [Tracer(Var(o.aval.update(weak=False))) if isinstance(o, Var)
+                  else Tracer(Var(P.Aval(o.aval.dtype))) for o in g.outputs]
+        outs, cts = ad.vjp(g, ins, ct_ins, wrt)
+        grads = [ad.materialize(c, g.inputs[i].aval) for c, i in zip(cts, wrt)]
+        n_prim = len(g.inputs) - len(traced.captures)  # captured arrays stay last
+        return make_graph(ins[:n_prim] + ct_ins + ins[n_prim:], list(outs) + grads, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled entries
+# ---------------------------------------------------------------------------------------------
+
+
+class Entry:
+    """One compiled (function, transform, signature): the kernel and how to call it."""
+
+    __slots__ = ("kernel", "captures", "guards", "guard_values", "post", "graph", "source",
+                 "traced", "optimized", "n_out")
+
+    def guards_ok(self):
+        for cap, old in zip(self.guards, self.guard_values):
+            try:
+                new = cap.get()
+            except (KeyError, ValueError):
+                return False
+            if new is not old and not _same_value(new, old):
+                return False
+        for cap in self.captures:
+            if arg_key(cap.get()) != arg_key(cap.value):
+                return False
+        return True
+
+
+def _same_value(a, b):
+    try:
+        r = a == b
+        return bool(r) if not isinstance(r, np.ndarray) else bool(r.all())
+    except Exception:
+        return False
+
+
+_module_counter = [0]
+
+
+def load_source(source, key, meta):
+    """Import generated source: through the disk cache when available, else a private file."""
+    dc = disk_cache()
+    if dc is not None:
+        with dc.lock(key):
+            mod = dc.load(key)
+            if mod is not None:
+                _stats.disk_hits += 1
+                return mod, True
+            return dc.store(key, source, meta), False
+    d = tempfile.mkdtemp(prefix="gradjit-")
+    path = os.path.join(d, f"gj_{key[:16]}.py")
+    with open(path, "w") as f:
+        f.write(source)
+    name = f"gradjit_kernel_{key[:24]}_{_module_counter[0]}"
+    _module_counter[0] += 1
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod, False
+
+
+def _versions():
+    import numba
+    from .. import __version__
+    return f"gradjit={__version__};numba={numba.__version__};python={sys.version.split()[0]}"
+
+
+class Transformed:
+    """The callable returned by ``gj.jit``, ``gj.grad``, ``gj.value_and_grad``."""
+
+    def __init__(self, fun, kind, argnums=0, has_aux=False, static_argnums=(), target="auto"):
+        if not callable(fun):
+            raise TypeError(f"gradjit transforms take a function, not {type(fun).__name__}")
+        self.fun = fun
+        self.kind = kind
+        self.argnums = argnums
+        self.has_aux = has_aux
+        self.static_argnums = tuple(static_argnums) if isinstance(static_argnums, (tuple, list)) \
+            else (static_argnums,)
+        if target not in ("auto", "cpu", "parallel", "cuda"):
+            raise ValueError(f"unknown target {target!r}: use 'auto', 'cpu', 'parallel' or 'cuda'")
+        self.target = target
+        self.cache = {}
+        _all_caches.append(self.cache)
+        functools.update_wrapper(self, fun, updated=())
+
+    def __repr__(self):
+        return f"<gradjit.{self.kind} of {_name(self.fun)}>"
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def __call__(self, *args):
+        if self.static_argnums or not all(type(a) in _FLAT for a in args):
+            return self._call_tree(args)
+        key = tuple(map(arg_key, args))
+        entry = self.cache.get(key)
+        if entry is None or (entry.guards and not entry.guards_ok()):
+            entry = self._compile(key, args)
+        else:
+            _stats.hits += 1
+        flat = [prepare(a) for a in args] if _has_0d(args) else args
+        if entry.captures:
+            return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
+        return entry.post(entry.kernel(*flat))
+
+    def _call_tree(self, args):
+        static = {k: args[k] for k in self.static_argnums if k < len(args)}
+        leaves, key_parts = [], []
+        for k, a in enumerate(args):
+            if k in static:
+                key_parts.append(("static", _hashable(a)))
+                continue
+            ls, tree = pytree.flatten(a)
+            leaves.extend(ls)
+            key_parts.append((tree, tuple(map(arg_key, ls))))
+        key = tuple(key_parts)
+        entry = self.cache.get(key)
+        if entry is None or (entry.guards and not entry.guards_ok()):
+            entry = self._compile(key, args)
+        else:
+            _stats.hits += 1
+        flat = [prepare(x) for x in leaves]
+        return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
+
+    # -- compiling -----------------------------------------------------------------------------
+
+    def lower(self, *args):
+        """Trace and transform for the signature of ``args`` (no numba compilation)."""
+        return Lowered(self, args)
+
+    def _compile(self, key, args):
+        _stats.misses += 1
+        low = Lowered(self, args)
+        entry = low.compile()
+        self.cache[key] = entry
+        return entry
+
+    def _wrt(self, args, static):
+        nums = self.argnums if isinstance(self.argnums, (tuple, list)) else (self.argnums,)
+        starts, pos = [], 0
+        for k, a in enumerate(args):
+            starts.append(pos)
+            if k not in static:
+                pos += len(pytree.flatten(a)[0])
+        wrt, groups = [], []
+        for n in nums:
+            if not isinstance(n, int) or not -len(args) <= n < len(args):
+                raise GradjitError(f"argnums={self.argnums!r} does not fit the {len(args)} "
+                                   "arguments given")
+            n %= len(args)
+            if n in static:
+                raise GradjitError(f"argument {n} is static and cannot be differentiated")
+            leaves, tree = pytree.flatten(args[n])
+            for x in leaves:
+                dt = aval_for(x).dtype
+                if not dt.startswith("float"):
+                    raise TypeError(f"{self.kind} of {_name(self.fun)} with respect to argument {n}: "
+                                    f"it holds integer or bool values ({dt}); only float "
+                                    "arguments can be differentiated")
+            idx = list(range(starts[n], starts[n] + len(leaves)))
+            wrt.extend(idx)
+            groups.append((tree, len(idx), leaves))
+        return wrt, groups
+
+
+_FLAT = {np.ndarray, float, int, np.float64, np.float32, np.int64, np.int32, bool}
+
+
+def _has_0d(args):
+    for a in args:
+        if type(a) is np.ndarray and a.ndim == 0:
+            return True
+    return False
+
+
+def _shapes(args):
+    return ", ".join(str(np.shape(a)) for a in args)
+
+
+def _hashable(a):
+    try:
+        hash(a)
+        return a
+    except TypeError:
+        raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
+
+
+def _to_result(dtype):
+    t = np.dtype(dtype).type
+    return t
+
+
+class Lowered:
+    """A traced and transformed function for one signature: IR, optimised IR and source."""
+
+    def __init__(self, tf, args):
+        self.tf = tf
+        static = {k: args[k] for k in tf.static_argnums if k < len(args)}
+        self.traced = trace(tf.fun, args, static)
+        g = self.traced.graph
+        kind = tf.kind
+        out_tree = self.traced.out_tree
+        if kind == "jit":
+            graph = g
+            self.assemble = lambda outs: pytree.unflatten(out_tree, outs)
+        elif kind in ("grad", "value_and_grad"):
+            wrt, groups = tf._wrt(args, static)
+            with_value = kind == "value_and_grad"
+            graph = grad_graph(self.traced, None, wrt, tf.has_aux, with_value)
+            n_out = len(g.outputs) if (with_value or tf.has_aux) else 0
+            single = not isinstance(tf.argnums, (tuple, list))
+            has_aux = tf.has_aux
+            if has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
+                            or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
+                raise GradjitError(f"{self.traced.loc}: has_aux=True needs {self.traced.qualname} "
+                                   "to return a pair (scalar, aux)")
+
+            def assemble(outs):
+                vals, gs = outs[:n_out], outs[n_out:]
+                res, pos = [], 0
+                for tree, n, _ in groups:
+                    res.append(pytree.unflatten(tree, gs[pos:pos + n]))
+                    pos += n
+                grads = res[0] if single else tuple(res)
+                if not (with_value or has_aux):
+                    return grads
+                value = pytree.unflatten(out_tree, vals)
+                if has_aux:
+                    value = (value[0], value[1])
+                    return (value, grads) if with_value else (grads, value[1])
+                return value, grads
+            self.assemble = assemble
+        elif kind == "vjp":
+            wrt = list(range(len(g.inputs) - len(self.traced.captures)))
+            graph = vjp_graph(self.traced, wrt)
+            self.assemble = None
+        else:
+            raise GradjitError(f"unknown transform {kind}")
+        if DEBUG >= 3:
+            verify(graph)
+        self.transformed = graph
+        self.optimized = passes.optimize(graph)
+        if DEBUG >= 2:
+            print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
+        target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
+        if target == "auto":
+            target = "cpu"
+        if target == "cuda":
+            raise GradjitError("target='cuda' is not available yet")
+        self.target = target
+        self.source = cpu.emit_source(self.optimized, what=f"{kind} of {self.traced.qualname} "
+                                      f"({self.traced.loc})", target=target)
+        self.signature = describe([x for k, a in enumerate(args) if k not in static
+                                   for x in pytree.flatten(a)[0]])
+
+    @property
+    def traced_ir(self):
+        return str(self.traced.graph)
+
+    @property
+    def optimized_ir(self):
+        return str(self.optimized)
+
+    def dot(self):
+        from ..compiler.graphviz import to_dot
+        return to_dot(self.optimized)
+
+    def compile(self):
+        key = hashlib.sha256((self.source + _versions()).encode()).hexdigest()
+        meta = {"qualname": self.traced.qualname, "file": self.traced.loc.rsplit(":", 1)[0],
+                "line": int(self.traced.loc.rsplit(":", 1)[1]) if ":" in self.traced.loc else 0,
+                "transform": self.tf.kind, "signature": self.signature, "target": self.target,
+                "created": time.time()}
+        t0 = time.perf_counter()
+        mod, hit = load_source(self.source, key, meta)
+        kernel = mod.kernel
+        if not hit:
+            _stats.compiles += 1
+        if DEBUG >= 1:
+            print(f"[gradjit] {'disk hit' if hit else 'compile'} {self.tf.kind} "
+                  f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
+                  file=sys.stderr)
+        e = Entry()
+        e.kernel = _checked(kernel, self)
+        e.captures = self.traced.captures
+        e.guards = self.traced.guards
+        e.guard_values = [c.value for c in self.traced.guards]
+        e.graph = self.optimized
+        e.source = self.source
+        e.traced = self.traced.graph
+        e.optimized = self.optimized
+        convs = [_converter(a) for a in self.optimized.outputs]
+        assemble = self.assemble
+        e.n_out = len(convs)
+        if assemble is None:
+            e.post = lambda out: tuple(c(o) for c, o in zip(convs, out))
+        elif len(convs) == 1 and assemble is not None and self.tf.kind == "grad" \
+                and not isinstance(self.tf.argnums, (tuple, list)) and not self.tf.has_aux \
+                and self.traced.graph.inputs and _single_leaf(self):
+            c0 = convs[0]
+            e.post = lambda out: c0(out[0])
+        else:
+            e.post = lambda out: assemble([c(o) for c, o in zip(convs, out)])
+        return e
+
+
+def _single_leaf(low):
+    return True
+
+
+def _checked(kernel, low):
+    """The kernel, with numba's errors of its first compilation turned into a GradjitError
+    (a numba traceback is never what the user sees)."""
+    from numba.core.errors import NumbaError
+
+    def first_call(*args):
+        try:
+            return kernel(*args)
+        except NumbaError as e:
+            raise GradjitError(f"internal error: numba could not compile the kernel for "
+                               f"{low.tf.kind} of {low.traced.qualname} ({low.traced.loc}) "
+                               f"[{low.signature}]: {str(e).splitlines()[0]}") from None
+    return first_call if not kernel.signatures else kernel
+
+
+def _converter(a):
+    """Rank-0 results come back from numba as Python numbers: give them the IR's dtype."""
+    if a.aval.ndim:
+        return _identity
+    return np.dtype(a.aval.dtype).type
+
+
+def _identity(x):
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# vjp
+# ---------------------------------------------------------------------------------------------
+
+
+def vjp(fun, *primals):
+    """``(out, vjp_fn)``: ``vjp_fn(cotangent)`` returns one gradient per primal."""
+    out = Transformed(fun, "jit")(*primals)
+    back = _vjp_cache(fun)
+    out_leaves, out_tree = pytree.flatten(out)
+
+    def vjp_fn(ct):
+        ct_leaves, ct_tree = pytree.flatten(ct)
+        if len(ct_leaves) != len(out_leaves):
+            raise GradjitError("the cotangent must have the structure of the function's output")
+        ct_leaves = [np.asarray(c, dtype=np.asarray(o).dtype) if np.ndim(o) else
+                     np.asarray(o).dtype.type(c) for c, o in zip(ct_leaves, out_leaves)]
+        res = back(primals, ct_leaves)
+        n_out = len(out_leaves)
+        grads = list(res[n_out:])
+        out, pos = [], 0
+        for p in primals:
+            ls, tree = pytree.flatten(p)
+            out.append(pytree.unflatten(tree, grads[pos:pos + len(ls)]))
+            pos += len(ls)
+        return tuple(out)
+
+    return out, vjp_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _vjp_cache(fun):
+    tf = Transformed(fun, "vjp")
+
+    def run(primals, cts):
+        leaves = [x for p in primals for x in pytree.flatten(p)[0]]
+        key = (tuple(pytree.flatten(p)[1] for p in primals), tuple(map(arg_key, leaves)),
+               tuple(map(arg_key, cts)))
+        entry = tf.cache.get(key)
+        if entry is None or (entry.guards and not entry.guards_ok()):
+            _stats.misses += 1
+            entry = _VjpLowered(tf, primals).compile()
+            tf.cache[key] = entry
+        else:
+            _stats.hits += 1
+        flat = [prepare(x) for x in leaves] + [prepare(c) for c in cts]
+        return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
+    return run
+
+
+class _VjpLowered(Lowered):
+    pass
