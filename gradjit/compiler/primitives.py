@@ -328,8 +328,33 @@ def _pow_vjp(ct, ins, outs):
     return dx, dy
 
 
-add_p.fold = _identity_fold(0)
-add_p.fold.prim = add_p
+_add_identity = _identity_fold(0)
+_add_identity.prim = None
+
+
+def _add_fold(a, b, **_):
+    """x + 0 -> x, and adding a scattered contribution into a dense value updates it in
+    place: add(g, slice_add(zeros, v)) -> slice_add(g, v) (gradients of indexed reads)."""
+    for dense, sparse in ((a, b), (b, a)):
+        e = _producer(sparse)
+        if e is not None and e.prim in (slice_add_p, scatter_add_p) and isinstance(dense, Var) \
+                and dense.aval.dtype == sparse.aval.dtype \
+                and same_shape(dense.aval.shape, sparse.aval.shape) and _is_zeros(e.inputs[0]):
+            return bind(e.prim, Tracer(dense), *[_tr(x) for x in e.inputs[1:]], **e.p)
+    return _add_identity(a, b)
+
+
+def _tr(a):
+    return Tracer(a) if isinstance(a, Var) else a
+
+
+def _is_zeros(v):
+    e = _producer(v)
+    return e is not None and e.prim is full_p and _lit_is(e.inputs[0], 0)
+
+
+add_p.fold = _add_fold
+_add_identity.prim = add_p
 sub_p.fold = _identity_fold(0, left_unit=False)
 sub_p.fold.prim = sub_p
 mul_p.fold = _identity_fold(1, absorbing=0)
@@ -620,8 +645,19 @@ def _reshape_shape(x, *dims, shape):
     return (Aval(x.aval.dtype, _fill_dims(shape, dims), x.aval.weak),)
 
 
+def _reshape_fold(x, *dims, shape):
+    e = _producer(x)  # reshape(reshape(y)) -> reshape(y), and back to y's own shape -> y
+    if e is not None and e.prim is reshape_p:
+        y = e.inputs[0]
+        new = _fill_dims(shape, dims)
+        if same_shape(y.aval.shape, new):
+            return Tracer(y)
+        return bind(reshape_p, Tracer(y), *[_tr(d) for d in dims], shape=shape)
+    return NotImplemented
+
+
 reshape_p = primitive(
-    "reshape", _reshape_shape,
+    "reshape", _reshape_shape, fold=_reshape_fold,
     impl=lambda x, *dims, shape: np.reshape(x, _fill_dims(shape, dims)),
     vjp=lambda ct, ins, outs, shape: (reshape(ct, shape_of(ins[0])),) + (None,) * (len(ins) - 1))
 

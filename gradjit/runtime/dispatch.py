@@ -187,7 +187,7 @@ class Entry:
     """One compiled (function, transform, signature): the kernel and how to call it."""
 
     __slots__ = ("kernel", "captures", "guards", "guard_values", "post", "graph", "source",
-                 "traced", "optimized", "n_out")
+                 "traced", "optimized", "n_out", "has_0d")
 
     def guards_ok(self):
         for cap, old in zip(self.guards, self.guard_values):
@@ -268,18 +268,26 @@ class Transformed:
     # -- the hot path --------------------------------------------------------------------------
 
     def __call__(self, *args):
-        if self.static_argnums or not all(type(a) in _FLAT for a in args):
-            return self._call_tree(args)
-        key = tuple(map(arg_key, args))
+        # The hot path: a key from the arguments' types (arrays: dtype, rank, unit axes),
+        # one dict lookup, one numba call.
+        key = tuple([_array_key(a) if type(a) is _ndarray else type(a) for a in args])
         entry = self.cache.get(key)
-        if entry is None or (entry.guards and not entry.guards_ok()):
-            entry = self._compile(key, args)
+        if entry is None or self.static_argnums or entry.guards:
+            if self.static_argnums or any(t in _TREES for t in key):
+                return self._call_tree(args)
+            if entry is None or not entry.guards_ok():
+                for a in args:
+                    arg_key(a)  # rejects unsupported argument types with a clear error
+                entry = self._compile(key, args)
+            else:
+                _stats.hits += 1
         else:
             _stats.hits += 1
-        flat = [prepare(a) for a in args] if _has_0d(args) else args
+        if entry.has_0d:
+            args = [prepare(a) for a in args]
         if entry.captures:
-            return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
-        return entry.post(entry.kernel(*flat))
+            return entry.post(entry.kernel(*args, *[c.get() for c in entry.captures]))
+        return entry.post(entry.kernel(*args))
 
     def _call_tree(self, args):
         static = {k: args[k] for k in self.static_argnums if k < len(args)}
@@ -341,14 +349,13 @@ class Transformed:
         return wrt, groups
 
 
-_FLAT = {np.ndarray, float, int, np.float64, np.float32, np.int64, np.int32, bool}
+_ndarray = np.ndarray
+_TREES = (tuple, list, dict, type(None))
 
 
-def _has_0d(args):
-    for a in args:
-        if type(a) is np.ndarray and a.ndim == 0:
-            return True
-    return False
+def _array_key(a):
+    s = a.shape
+    return (a.dtype, a.ndim, tuple([d == 1 for d in s]) if 1 in s else None)
 
 
 def _shapes(args):
@@ -428,8 +435,9 @@ class Lowered:
         self.target = target
         self.source = cpu.emit_source(self.optimized, what=f"{kind} of {self.traced.qualname} "
                                       f"({self.traced.loc})", target=target)
-        self.signature = describe([x for k, a in enumerate(args) if k not in static
-                                   for x in pytree.flatten(a)[0]])
+        self.leaves = [x for k, a in enumerate(args) if k not in static
+                       for x in pytree.flatten(a)[0]]
+        self.signature = describe(self.leaves)
 
     @property
     def traced_ir(self):
@@ -459,10 +467,11 @@ class Lowered:
                   f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
                   file=sys.stderr)
         e = Entry()
-        e.kernel = _checked(kernel, self)
+        e.kernel = _checked(kernel, self, e)
         e.captures = self.traced.captures
         e.guards = self.traced.guards
         e.guard_values = [c.value for c in self.traced.guards]
+        e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in self.leaves)
         e.graph = self.optimized
         e.source = self.source
         e.traced = self.traced.graph
@@ -486,19 +495,22 @@ def _single_leaf(low):
     return True
 
 
-def _checked(kernel, low):
+def _checked(kernel, low, entry):
     """The kernel, with numba's errors of its first compilation turned into a GradjitError
-    (a numba traceback is never what the user sees)."""
+    (a numba traceback is never what the user sees). After a first success the entry calls
+    the numba dispatcher directly."""
     from numba.core.errors import NumbaError
 
     def first_call(*args):
         try:
-            return kernel(*args)
+            out = kernel(*args)
+            entry.kernel = kernel
+            return out
         except NumbaError as e:
             raise GradjitError(f"internal error: numba could not compile the kernel for "
                                f"{low.tf.kind} of {low.traced.qualname} ({low.traced.loc}) "
                                f"[{low.signature}]: {str(e).splitlines()[0]}") from None
-    return first_call if not kernel.signatures else kernel
+    return first_call
 
 
 def _converter(a):

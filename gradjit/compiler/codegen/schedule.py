@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import Var
+from ..primitives import broadcast_shapes
 
 LOOP_KINDS = ("elementwise", "reduce", "index", "iota", "scatter")
 
@@ -53,8 +54,9 @@ class Stmt:
 def iteration_shape(e):
     if e.prim.kind in ("reduce",):
         return e.inputs[0].aval.shape
-    if e.prim.kind == "scatter":
-        return e.inputs[1].aval.shape
+    if e.prim.kind == "scatter":  # the index arrays' shape, then the trailing axes of acc
+        acc, idx = e.inputs[0], e.inputs[2:]
+        return broadcast_shapes(*[i.aval.shape for i in idx]) + acc.aval.shape[len(idx):]
     return e.outputs[0].aval.shape
 
 
