@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+from .compiler import numpy_api
 from .compiler.primitives import stop_gradient as _stop_gradient_op
 from .compiler.tracing import Tracer
 from .runtime import dispatch
@@ -42,3 +43,6 @@ def stop_gradient(x):
     if isinstance(x, Tracer):
         return _stop_gradient_op(x)
     return x
+
+
+numpy_api.FUNCTIONS[stop_gradient] = _stop_gradient_op  # traced calls emit the primitive

@@ -33,15 +33,26 @@ def bind_input_dims(graph, args, env):
                 env[d] = Tracer(a) if isinstance(a, Var) else a
 
 
-def replay(graph, args):
-    """Emit ``graph`` applied to ``args`` into the current builder; returns its outputs."""
+def replay(graph, args, active=None, residuals=None):
+    """Emit ``graph`` applied to ``args`` into the current builder; returns its outputs.
+
+    With ``residuals`` (a dict), equations with active inputs whose primitive has a forward
+    hook (``vjp_fwd``: loops, which must record what their adjoint reads while they run) emit
+    through it, and what it saves is stored under the equation for ``vjp_bwd``."""
     env = {}
     bind_input_dims(graph, args, env)
     read = _reader(env)
     for e in graph.eqns:
         with location(e.loc):
-            out = e.prim.bind_eqn(e, [read(a) for a in e.inputs]) if hasattr(e.prim, "bind_eqn") \
-                else P.bind(e.prim, *[read(a) for a in e.inputs], **e.p)
+            ins = [read(a) for a in e.inputs]
+            mask = [isinstance(a, Var) and a in active for a in e.inputs] \
+                if residuals is not None else None
+            if mask is not None and any(mask) and hasattr(e.prim, "vjp_fwd"):
+                out, residuals[e] = e.prim.vjp_fwd(e, ins, mask)
+            elif hasattr(e.prim, "bind_eqn"):
+                out = e.prim.bind_eqn(e, ins)
+            else:
+                out = P.bind(e.prim, *ins, **e.p)
         outs = out if e.prim.multiple_results else ((out,) if e.outputs else ())
         for v, o in zip(e.outputs, outs):
             env[v] = o
@@ -89,12 +100,13 @@ def vjp(graph, args, out_cts, wrt):
     """Replay ``graph`` on ``args`` and return (outputs, cotangents of the inputs in ``wrt``).
 
     ``out_cts`` holds one cotangent per graph output (None for zero)."""
-    outs, env = replay(graph, args)
-    read = _reader(env)
     active = {graph.inputs[i] for i in wrt if graph.inputs[i].aval.is_float}
     for e in graph.eqns:
         if e.prim.vjp is not None and any(isinstance(a, Var) and a in active for a in e.inputs):
             active.update(v for v in e.outputs if v.aval.is_float)
+    residuals = {}  # eqn -> what its forward hook saved (control flow: loops' tapes)
+    outs, env = replay(graph, args, active, residuals)
+    read = _reader(env)
     cts = {}
 
     def accumulate(v, c):
@@ -113,7 +125,10 @@ def vjp(graph, args, out_cts, wrt):
             raise GradjitError(f"{e.loc}: no adjoint rule for primitive '{e.prim.name}'")
         ct_out = [cts.pop(v, None) for v in e.outputs]
         with location(e.loc):
-            if e.prim.multiple_results:
+            if e in residuals:  # the adjoint of a forward hook gets what it saved
+                res = e.prim.vjp_bwd(tuple(ct_out), [read(a) for a in e.inputs],
+                                     [read(v) for v in e.outputs], residuals[e], **e.p)
+            elif e.prim.multiple_results:
                 ct_out = [c if c is not None else P.zeros(v.aval.shape, v.aval.dtype)
                           for c, v in zip(ct_out, e.outputs)]
                 res = e.prim.vjp(tuple(ct_out), [read(a) for a in e.inputs],

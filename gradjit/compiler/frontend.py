@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import GradjitError, TraceError, at
+from . import control as C
 from . import numpy_api
 from . import primitives as P
 from .tracing import Tracer, location
@@ -120,6 +121,180 @@ class _Break(_Signal):
 
 class _Continue(_Signal):
     pass
+
+
+# -- control flow helpers (see Interpreter.stmt_If) -----------------------------------------------
+
+_FLAGS = ("$ret", "$brk", "$cont")  # set when a return/break/continue happened on some path
+_MISSING = object()
+
+
+class _Undefined:
+    """The value of a name unbound on some path (bound in one branch only, or first bound in a
+    loop whose trip count is known only at run time): reading it is an error."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg):
+        self.msg = msg
+
+
+class _NeedRetval(_Signal):
+    def __init__(self, value):
+        self.value = value
+
+
+@dataclass
+class DynRange:
+    """``range(...)`` with bounds known only at run time: a `for` over it is a loop in the IR."""
+
+    start: object
+    stop: object
+    step: object
+
+    def __iter__(self):
+        raise TraceError(at(None, "a range whose bounds are known only at run time can only be "
+                            "looped over with `for`"))
+
+
+class _Names:
+    """Error-message names of a cond's values (filled by ``_merge_envs``)."""
+
+    def __init__(self):
+        self.names = []
+
+    def __call__(self, k):
+        return f"'{self.names[k]}'" if k < len(self.names) else "a value of this if"
+
+
+def _flatten(x):
+    """(leaves, structure) of tuples/lists nesting values."""
+    if isinstance(x, (tuple, list)):
+        leaves, trees = [], []
+        for v in x:
+            lv, t = _flatten(v)
+            leaves += lv
+            trees.append(t)
+        return leaves, (type(x) is list, tuple(trees))
+    return [x], None
+
+
+def _unflatten(tree, it):
+    if tree is None:
+        return next(it)
+    is_list, subs = tree
+    vals = [_unflatten(t, it) for t in subs]
+    return vals if is_list else tuple(vals)
+
+
+def _is_value(x):
+    return C._is_leaf_value(x)
+
+
+def _zeros_like(v):
+    leaves, tree = _flatten(v)
+    out = [P.zeros(x.shape, x.dtype.name) if isinstance(x, Tracer) and x.ndim
+           else (P.cast(0, x.dtype.name) if isinstance(x, Tracer)
+                 else (type(x)(0) if C._is_leaf_value(x) else x)) for x in leaves]
+    return _unflatten(tree, iter(out))
+
+
+def _and(a, b):
+    if a is True:
+        return b
+    if b is True:
+        return a
+    if a is False or b is False:
+        return False
+    return P.logical_and(a, b)
+
+
+def _merge_envs(before, a, b, where):
+    """Line up the locals after the two branches of an `if` (see ``control.cond``): the names
+    either branch rebinds become the cond's values."""
+    names = []
+    for env in (a, b):
+        for n, v in env.items():
+            if n not in names and (n not in before or v is not before[n]):
+                names.append(n)
+    for n in before:
+        if n not in names and (n not in a or n not in b):
+            names.append(n)
+    ta, tb, plan = [], [], []
+    for n in names:
+        x, y = a.get(n, _MISSING), b.get(n, _MISSING)
+        if n in _FLAGS:
+            x, y = (False if v is _MISSING else v for v in (x, y))
+        if n == "$retval" and (x is _MISSING or y is _MISSING):
+            v = y if x is _MISSING else x
+            lv, tree = _flatten(v)
+            fill = [None if _is_value(z) else z for z in lv]
+            plan.append((n, tree, len(lv)))
+            ta += lv if x is not _MISSING else fill
+            tb += lv if y is not _MISSING else fill
+            continue
+        if x is _MISSING or y is _MISSING or isinstance(x, _Undefined) or isinstance(y, _Undefined):
+            plan.append((n, _Undefined(f"is bound in only one branch of the if at {where} (or "
+                                       "in neither); bind it before the if or in both branches"), 0))
+            continue
+        (lx, tx), (ly, ty) = _flatten(x), _flatten(y)
+        if tx != ty or any(not (_is_value(p) and _is_value(q)) and p is not q
+                           for p, q in zip(lx, ly)):
+            plan.append((n, _Undefined(f"holds different kinds of values after the two branches "
+                                       f"of the if at {where}"), 0))
+            continue
+        plan.append((n, tx, len(lx)))
+        ta += lx
+        tb += ly
+    leaf_names = [n.lstrip("$") for n, t, c in plan for _ in range(c)]
+
+    def finish(vals):
+        env = dict(before)
+        it = iter(vals)
+        for n, tree, c in plan:
+            if isinstance(tree, _Undefined):
+                env[n] = tree
+                continue
+            v = _unflatten(tree, it)
+            if n in _FLAGS and v is False:
+                env.pop(n, None)
+            else:
+                env[n] = v
+        return env
+    return ta, tb, finish, leaf_names
+
+
+def _assigned_names(nodes):
+    """Names a statement list binds (in order), not looking into nested scopes."""
+    out = []
+
+    def visit(n):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.append(n.name)
+            return
+        if isinstance(n, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id not in out:
+            out.append(n.id)
+        for c in ast.iter_child_nodes(n):
+            visit(c)
+    for n in nodes:
+        visit(n)
+    return out
+
+
+def _contains(nodes, kind):
+    """Whether ``kind`` (ast.Break or ast.Return) occurs in ``nodes`` and belongs to them: a
+    break inside a nested loop's body belongs to that loop; nothing in a nested def does."""
+    def visit(n):
+        if isinstance(n, kind):
+            return True
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return False
+        if kind is ast.Break and isinstance(n, (ast.For, ast.While, ast.AsyncFor)):
+            return any(visit(c) for c in n.orelse)
+        return any(visit(c) for c in ast.iter_child_nodes(n))
+    return any(visit(n) for n in nodes)
 
 
 @dataclass
@@ -244,7 +419,7 @@ class Interpreter:
                 self.block(node.body)
             except _Return as r:
                 return r.value
-            return None
+            return self._fell_off(node)  # control flow: a return under a dynamic condition
         finally:
             self.frame = saved
             self.depth -= 1
@@ -302,8 +477,11 @@ class Interpreter:
     # -- statements ----------------------------------------------------------------------------
 
     def block(self, stmts):
-        for s in stmts:
+        for k, s in enumerate(stmts):
             self.stmt(s)
+            if any(f in self.frame.locals for f in _FLAGS):  # control flow (see _after_exit)
+                self._after_exit(stmts[k + 1:])
+                return
 
     def stmt(self, node):
         self.loc = self.where(node)
@@ -388,55 +566,291 @@ class Interpreter:
                       "the result with np.where, np.concatenate or np.stack")
         self.fail(node, f"item assignment into a {type(obj).__name__} is not supported")
 
+    # -- control flow --------------------------------------------------------------------------
+    # A static test or trip count is decided here. A dynamic one becomes a structured region
+    # (control.py): both branches of an `if` are interpreted, each in a copy of the locals, and
+    # the names they bind are joined by the `cond` (an SSA phi); a loop carries the names its
+    # body rebinds. break/continue/return under a dynamic test set flags kept among the locals
+    # ($brk, $cont, $ret with the value in $retval); `block` then runs the rest of the block
+    # under `if not flag`, so the IR stays structured.
+
     def stmt_If(self, node):
         test = self.expr(node.test)
         if not isinstance(test, Tracer):
             self.block(node.body if test else node.orelse)
             return
-        self.fail(node, "an if statement whose condition depends on argument values is not "
-                  "supported yet (use np.where)")
+        pred = self._truth(test, node)
+        self._branch(pred, lambda: self.block(node.body), lambda: self.block(node.orelse), node)
+
+    def _truth(self, test, node):
+        """A traced test as a boolean scalar."""
+        if test.ndim:
+            if not all(isinstance(d, int) and d == 1 for d in test.shape):
+                self.fail(node, "the truth value of an array with more than one element is "
+                          "ambiguous; reduce it (.sum(), np.max, ...) or use np.where")
+            test = P.reshape(test, ())
+        return test if test.dtype == np.bool_ else P.ne(test, 0)
+
+    def _branch(self, pred, then_run, else_run, node):
+        """Interpret ``then_run``/``else_run`` as the two regions of a ``cond`` on ``pred``."""
+        before, saved_loc = self.frame.locals, self.loc
+        where = self.where(node)
+
+        def arm(run):
+            def fn():
+                self.frame.locals = dict(before)
+                try:
+                    run()
+                except _Break:
+                    self.frame.locals["$brk"] = True
+                except _Continue:
+                    self.frame.locals["$cont"] = True
+                except _Return as r:
+                    self.frame.locals["$ret"] = True
+                    self.frame.locals["$retval"] = r.value
+                return self.frame.locals
+            return fn
+        names = _Names()
+
+        def merge(a, b):
+            ta, tb, finish, names.names = _merge_envs(before, a, b, where)
+            return ta, tb, finish
+        try:
+            env = C.cond(pred, arm(then_run), arm(else_run), merge, what=names)
+        finally:
+            self.frame.locals, self.loc = before, saved_loc
+        self.frame.locals = env
+
+    def _after_exit(self, rest):
+        """A break/continue/return flag was set: raise it if it is certain, else run the rest
+        of the block only where no flag is set."""
+        loc = self.frame.locals
+        if loc.get("$ret") is True:
+            value = loc.pop("$retval", None)
+            for f in _FLAGS:
+                loc.pop(f, None)
+            raise _Return(value)
+        for f, signal in (("$brk", _Break), ("$cont", _Continue)):
+            if loc.get(f) is True:
+                loc.pop(f)
+                raise signal()
+        if rest:
+            self._guarded(lambda: self.block(rest), rest[0])
+
+    def _guarded(self, run, node, flags=_FLAGS):
+        """``run()`` under `if not (the dynamic flags)`."""
+        loc = self.frame.locals
+        dyn = [f for f in flags if isinstance(loc.get(f), Tracer)]
+        if not dyn:
+            return run()
+        exited = loc[dyn[0]] if len(dyn) == 1 else P.logical_or(loc[dyn[0]], loc[dyn[1]])
+        for f in dyn[2:]:
+            exited = P.logical_or(exited, loc[f])
+
+        def go():
+            for f in dyn:
+                self.frame.locals.pop(f)  # known to be false here
+            run()
+
+        def skip():
+            if len(dyn) == 1:
+                self.frame.locals[dyn[0]] = True  # the only way here
+        self._branch(P.logical_not(exited), go, skip, node)
+
+    def _fell_off(self, node):
+        """The end of a function reached with a return under a dynamic test."""
+        loc = self.frame.locals
+        if "$ret" in loc and loc.get("$retval") is not None:
+            self.fail(node, f"{self.frame.fn_name} returns a value on some paths and reaches its "
+                      "end (returning None) on others")
+        return None
 
     def stmt_For(self, node):
         it = self.expr(node.iter)
-        if isinstance(it, Tracer):
-            self.fail(node, "iterating over a traced array is not supported; loop over range(x.shape[0])")
-        if isinstance(it, range) or isinstance(it, (list, tuple, dict, zip, enumerate)) or hasattr(it, "__iter__"):
-            items = list(it)
-            if len(items) > self.MAX_UNROLL and isinstance(it, range):
-                self.fail(node, f"a loop of {len(items)} iterations would be unrolled; "
-                          "loops are compiled as loops once control flow support lands")
-            for v in items:
+        if isinstance(it, Tracer):  # rows of a traced array
+            if it.ndim == 0:
+                self.fail(node, "iteration over a 0-d array")
+            n = it.shape[0]
+            if not isinstance(n, int) or n > self.MAX_UNROLL:
+                return self._dyn_loop(node, DynRange(0, n, 1), elem=lambda i: it[i])
+            it = [it[k] for k in range(n)]
+        if isinstance(it, DynRange):
+            return self._dyn_loop(node, it)
+        if isinstance(it, range) and len(it) > self.MAX_UNROLL:
+            return self._dyn_loop(node, DynRange(it.start, it.stop, it.step))
+        if not hasattr(it, "__iter__"):
+            self.fail(node, f"cannot iterate over {type(it).__name__}")
+        broke = False
+        for v in list(it):  # a static iteration space: unrolled
+            def one(v=v):
                 self.assign(node.target, v)
                 try:
                     self.block(node.body)
-                except _Break:
-                    break
                 except _Continue:
-                    continue
-            else:
-                self.block(node.orelse)
-            return
-        self.fail(node, f"cannot iterate over {type(it).__name__}")
+                    pass
+                self.frame.locals.pop("$cont", None)
+            try:
+                self._guarded(one, node, ("$ret", "$brk"))  # after a dynamic break: guarded
+            except _Break:
+                broke = True
+                break
+        self._loop_else(node, broke)
+
+    def _loop_else(self, node, broke):
+        if node.orelse and not broke:
+            self._guarded(lambda: self.block(node.orelse), node, ("$ret", "$brk"))
+        self.frame.locals.pop("$brk", None)
+        self.frame.locals.pop("$cont", None)
 
     def stmt_While(self, node):
         count = 0
         while True:
+            if "$brk" in self.frame.locals or "$ret" in self.frame.locals:
+                return self._dyn_loop(node)  # a dynamic break: the rest is a loop in the IR
             test = self.expr(node.test)
             if isinstance(test, Tracer):
-                self.fail(node, "a while loop whose condition depends on argument values is "
-                          "not supported yet")
+                return self._dyn_loop(node)
             if not test:
-                self.block(node.orelse)
-                return
+                break
             count += 1
             if count > 10000:
                 self.fail(node, "a while loop with a static condition ran 10000 times while tracing")
             try:
                 self.block(node.body)
             except _Break:
+                self.frame.locals.pop("$cont", None)
                 return
             except _Continue:
-                continue
+                pass
+            self.frame.locals.pop("$cont", None)
+        self._loop_else(node, False)
+
+    def _dyn_loop(self, node, rng=None, elem=None):
+        """A loop whose trip count is known only at run time: the names bound before it that
+        its body rebinds are carried; break and return become carried flags. ``rng``: a `for`
+        over a range (``elem(i)`` gives the target's value), else a `while`."""
+        before = self.frame.locals
+        where = self.where(node)
+        targets = _assigned_names([node.target]) if rng is not None else []
+        assigned = _assigned_names(node.body + ([node.test] if rng is None else []))
+        state = [n for n in assigned if n not in targets and n in before
+                 and not isinstance(before[n], _Undefined)]
+        flags = [f for f, kind in (("$brk", ast.Break), ("$ret", ast.Return))
+                 if f in before or _contains(node.body, kind)]
+        retval = before.get("$retval", _MISSING) if "$ret" in flags else _MISSING
+        while True:
+            try:
+                env = self._dyn_loop_trace(node, rng, elem, before, state, flags, retval)
+                break
+            except _NeedRetval as r:  # a return inside: carry its value from a zero start
+                retval = _zeros_like(r.value)
+        for n in assigned:
+            if n not in state:
+                env[n] = _Undefined(f"is first bound inside the loop at {where}, which runs a "
+                                    "number of times known only at run time; bind it before "
+                                    "the loop")
+        for n in targets:
+            env[n] = _Undefined(f"is the variable of the loop at {where}, which runs a number "
+                                "of times known only at run time; it has no value after the loop")
+        if not isinstance(env.get("$ret", False), Tracer) and env.get("$ret") is not True:
+            env.pop("$ret", None)
+            env.pop("$retval", None)
+        if env.get("$brk") is False:
+            env.pop("$brk")
+        self.frame.locals = env
+        self._loop_else(node, False)
+
+    def _dyn_loop_trace(self, node, rng, elem, before, state, flags, retval):
+        names = state + flags + (["$retval"] if retval is not _MISSING else [])
+        inits = [before[n] for n in state] + [before.get(f, False) for f in flags]
+        if retval is not _MISSING:
+            inits.append(retval)
+        flat, trees = [], []
+        for v in inits:
+            leaves, tree = _flatten(v)
+            flat += leaves
+            trees.append((tree, len(leaves)))
+        leaf_names = [n.lstrip("$") for n, (_, c) in zip(names, trees) for _ in range(c)]
+        use_while = rng is None or bool(flags)
+        if rng is not None and use_while:  # the index becomes a carried value
+            flat = [C._int(rng.start)] + flat
+            leaf_names = ["loop index"] + leaf_names
+
+        def enter(vals):
+            env = dict(before)
+            it = iter(vals)
+            for n, (tree, _) in zip(names, trees):
+                env[n] = _unflatten(tree, it)
+            self.frame.locals = env
+            return env
+
+        def body_fn(*args):
+            i, vals = (args[0], args[1:]) if rng is not None else (None, args)
+            env = enter(vals)
+            for f in _FLAGS:
+                env.pop(f, None)  # an iteration starts with nothing pending
+            if rng is not None:
+                self.assign(node.target, elem(i) if elem else i)
+            try:
+                self.block(node.body)
+            except _Break:
+                self.frame.locals["$brk"] = True
+            except _Continue:
+                pass
+            except _Return as r:
+                self.frame.locals["$ret"] = True
+                self.frame.locals["$retval"] = r.value
+            out = self.frame.locals
+            if "$retval" in out and "$retval" not in names:
+                raise _NeedRetval(out["$retval"])
+            leaves = []
+            for n, (tree, _) in zip(names, trees):
+                v = out.get(n, False) if n in _FLAGS else out.get(n, _MISSING)
+                if n == "$retval" and v is _MISSING:
+                    v = env[n]
+                if v is _MISSING or isinstance(v, _Undefined):
+                    self.fail(node, f"'{n}' is unbound at the end of the loop body")
+                lv, t2 = _flatten(v)
+                if t2 != tree:
+                    self.fail(node, f"'{n}' changes structure inside the loop")
+                leaves += lv
+            if rng is not None and use_while:
+                leaves = [P.add(i, rng.step)] + leaves
+            return leaves
+
+        def cond_fn(*args):
+            i, vals = (args[0], args[1:]) if rng is not None else (None, args)
+            env = enter(vals)
+            if rng is not None:
+                step = rng.step
+                if isinstance(step, Tracer):
+                    ok = P.select(P.gt(step, 0), P.lt(i, rng.stop), P.gt(i, rng.stop))
+                else:
+                    ok = P.lt(i, rng.stop) if step > 0 else P.gt(i, rng.stop)
+            else:
+                t = self.expr(node.test)
+                ok = self._truth(t, node) if isinstance(t, Tracer) else bool(t)
+            for f in flags:
+                v = env.get(f, False)
+                ok = _and(ok, P.logical_not(v) if isinstance(v, Tracer) else (not v))
+            return [ok]
+
+        saved_loc = self.loc
+        try:
+            if use_while:
+                outs = C.while_loop(flat, cond_fn, body_fn, leaf_names)
+            else:
+                outs = C.fori(C._int(rng.start), C._int(rng.stop), C._int(rng.step), flat,
+                              body_fn, leaf_names)
+        finally:
+            self.frame.locals, self.loc = before, saved_loc
+        if rng is not None and use_while:
+            outs = outs[1:]
+        env = dict(before)
+        it = iter(outs)
+        for n, (tree, _) in zip(names, trees):
+            env[n] = _unflatten(tree, it)
+        return env
 
     def stmt_Break(self, node):
         raise _Break()
@@ -490,7 +904,10 @@ class Interpreter:
         f = self.frame
         while f is not None:
             if name in f.locals:
-                return f.locals[name]
+                v = f.locals[name]
+                if isinstance(v, _Undefined):  # control flow: unbound on some path
+                    self.fail(node, f"'{name}' {v.msg}")
+                return v
             if name in f.closure:
                 cell = f.closure[name]
                 try:
@@ -619,7 +1036,19 @@ class Interpreter:
         test = self.expr(node.test)
         if not isinstance(test, Tracer):
             return self.expr(node.body if test else node.orelse)
-        return P.select(test, self.expr(node.body), self.expr(node.orelse))
+        if test.ndim:  # an array of conditions: elementwise, as np.where
+            return P.select(test, self.expr(node.body), self.expr(node.orelse))
+        # a scalar condition: only the side taken runs (so `sqrt(x) if x > 0 else 0.0` has
+        # finite derivatives everywhere)
+        pred = self._truth(test, node)
+
+        def merge(a, b):
+            (la, ta), (lb, tb) = _flatten(a), _flatten(b)
+            if ta != tb:
+                self.fail(node, "the two sides of a conditional expression have different structures")
+            return la, lb, lambda vals: _unflatten(ta, iter(vals))
+        return C.cond(pred, lambda: self.expr(node.body), lambda: self.expr(node.orelse), merge,
+                      what="the conditional expression")
 
     def expr_Lambda(self, node):
         return StagedFunction(node, self.frame, f"{self.frame.fn_name}.<lambda>")
@@ -823,8 +1252,13 @@ def _b_isinstance(interp, node, x, types_):
 
 
 def _b_range(interp, node, *args):
-    if has_tracer(args):
-        interp.fail(node, "a loop whose trip count depends on argument values is not supported yet")
+    if has_tracer(args):  # a trip count known at run time: a loop in the IR (stmt_For)
+        if not 1 <= len(args) <= 3:
+            interp.fail(node, f"range expected 1 to 3 arguments, got {len(args)}")
+        start, stop, step = (0, args[0], 1) if len(args) == 1 else (tuple(args) + (1,))[:3]
+        if not isinstance(step, Tracer) and step == 0:
+            interp.fail(node, "range() arg 3 must not be zero")
+        return DynRange(start, stop, step)
     return range(*args)
 
 

@@ -36,7 +36,10 @@ def cse(graph):
     for e in graph.eqns:
         ins = tuple(sub(a) for a in e.inputs)
         e = e.replace(inputs=ins) if ins != e.inputs else e
-        if subgraphs(e) or e.prim.effect:
+        if subgraphs(e):  # control flow: CSE inside each region, never across its boundary
+            eqns.append(map_subgraphs(e, cse))
+            continue
+        if e.prim.effect or not getattr(e.prim, "cse", True):  # tapes: each one distinct
             eqns.append(e)
             continue
         k = (e.prim, tuple(_key(a) for a in ins), e.params,
@@ -72,9 +75,34 @@ def _rename_dims(eqns, subst):
     out = []
     for e in eqns:
         ins = tuple(subst.get(a, a) if isinstance(a, Var) else a for a in e.inputs)
+        if subgraphs(e) and ins != e.inputs:  # regions take their sizes from their operands
+            e = _rebind(e, ins)
+            ins = e.inputs
         outs = tuple(fix_var(v) for v in e.outputs)
         out.append(e.replace(inputs=ins, outputs=outs))
     return out
+
+
+def map_subgraphs(e, fn):
+    """``e`` with ``fn`` applied to each region it holds."""
+    def f(v):
+        if isinstance(v, Graph):
+            return fn(v)
+        if isinstance(v, tuple) and any(isinstance(g, Graph) for g in v):
+            return tuple(fn(g) if isinstance(g, Graph) else g for g in v)
+        return v
+    return e.replace(params=tuple((k, f(v)) for k, v in e.params))
+
+
+def _rebind(e, ins):
+    """Re-emit a region equation on new operands (its regions rebuilt on their sizes)."""
+    with building(Builder()) as b:
+        args = [Tracer(a) if isinstance(a, Var) else a.value for a in ins]
+        e.prim.bind_eqn(e, args)
+    new = [x for x in b.eqns if x.prim is e.prim]
+    if len(b.eqns) != 1 or len(new) != 1:
+        return e  # folded into something else: leave the equation as it was
+    return e.replace(params=new[0].params, inputs=new[0].inputs)
 
 
 def dce(graph):
@@ -82,6 +110,11 @@ def dce(graph):
     live = {a for a in graph.outputs if isinstance(a, Var)}
     kept = []
     for e in reversed(graph.eqns):
+        rule = getattr(e.prim, "dce_rule", None)  # control flow: prune outputs and regions
+        if rule is not None:
+            e = rule(e, [v in live for v in e.outputs])
+            if e is None:
+                continue
         if e.prim.effect or any(v in live for v in e.outputs):
             kept.append(e)
             for a in e.inputs:

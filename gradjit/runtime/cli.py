@@ -123,7 +123,7 @@ def load_target(spec: str):
         raise
     except ImportError as e:
         raise UsageError(f"cannot import module {modname!r}: {e}") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the user's module failed: report it in one line
         raise UsageError(f"importing {modname!r} failed: {type(e).__name__}: {e}") from None
     obj = module
     for part in attr.split("."):
@@ -318,7 +318,7 @@ def _write_dot(text, out):
               f"(install Graphviz, then: dot -T{fmt} {dot_path} -o {out})", file=sys.stderr)
         return 0
     proc = subprocess.run([dot, f"-T{fmt}", "-o", out], input=text, text=True,
-                          capture_output=True)
+                          capture_output=True, check=False)
     if proc.returncode != 0:
         detail = " ".join(proc.stderr.split()) or f"exit status {proc.returncode}"
         print(f"gradjit: error: dot failed: {detail}", file=sys.stderr)

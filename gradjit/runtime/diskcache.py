@@ -257,7 +257,7 @@ def _versions() -> dict:
             from importlib.metadata import version
 
             numba_version = version("numba")
-        except Exception:  # pragma: no cover - numba not installed
+        except Exception:  # noqa: BLE001  # pragma: no cover - numba not installed
             numba_version = None
     return {
         "gradjit": getattr(gj, "__version__", None),
@@ -321,15 +321,16 @@ def _flock_open(path, blocking=True):
 class _KeyLock:
     """Context manager returned by :meth:`DiskCache.lock`; ``acquired`` tells if it is held."""
 
-    def __init__(self, path, blocking=True):
-        self.path = path
+    def __init__(self, path, blocking=True, name=None):
+        self.path = path  # the lock file; None: a process-local lock only (named ``name``)
+        self.name = path if path is not None else name
         self.blocking = blocking
         self.acquired = False
         self._plock = None
 
     def __enter__(self):
         with _LOCKS_GUARD:
-            plock = _LOCKS.setdefault(self.path, _ProcessLock())
+            plock = _LOCKS.setdefault(self.name, _ProcessLock())
         if not plock.rlock.acquire(blocking=self.blocking):
             return self
         plock.depth += 1
@@ -387,7 +388,7 @@ class _KernelLoader:
 
     def exec_module(self, module):
         code = compile(self._code, module.__file__, "exec", dont_inherit=True)
-        exec(code, module.__dict__)
+        exec(code, module.__dict__)  # noqa: S102 - gradjit's own checksummed kernel
 
 
 def _import_kernel(key, path, code: bytes):
@@ -537,7 +538,8 @@ class DiskCache:
         _check_key(key)
         if self.enabled or (self._readable and os.path.isdir(self._path("locks"))):
             return _KeyLock(self._lock_path(key))
-        return _KeyLock(None)  # memory-only: a process-local lock is all there is
+        # Memory-only: a process-local lock is all there is.
+        return _KeyLock(None, name=("memory", self.directory, key))
 
     # -- load -----------------------------------------------------------------------------
 
@@ -557,7 +559,7 @@ class DiskCache:
                         mod = self._load(key, repair=True)
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except Exception as e:  # never let a cache problem break a call
+            except Exception as e:  # noqa: BLE001 - a cache problem must never break a call
                 _warn(
                     self.directory,
                     "load",
@@ -580,6 +582,10 @@ class DiskCache:
         if found is None:
             return None
         meta, code = found
+        if "sealed" not in meta and not repair:
+            # Being compiled by another process right now (or it died): wait for its lock
+            # rather than compile the same thing again.
+            return _NEEDS_REPAIR
         corrupt, unverified, stamps = self._check_numba(key, meta)
         if corrupt or unverified:
             if not repair:
@@ -595,6 +601,7 @@ class DiskCache:
                 self._purge_numba(key)
                 stamps = {}
                 meta["numba_files"] = {}
+                meta.pop("sealed", None)
                 try:
                     self._write_meta(key, meta)
                 except OSError:
@@ -606,7 +613,7 @@ class DiskCache:
             mod = _import_kernel(key, path, code)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever the kernel raised: rebuild it
             with self.lock(key):
                 self._drop_damaged(key, _Damaged(f"importing it failed ({type(e).__name__}: {e})"))
             return None
@@ -722,8 +729,9 @@ class DiskCache:
 
     def _touch(self, key):
         path = os.path.join(self._entry_dir(key), USED)
+        now = time.time_ns()  # explicit: the kernel's own timestamps are coarse (jiffies)
         try:
-            os.utime(path)
+            os.utime(path, ns=(now, now))
         except FileNotFoundError:
             try:
                 _write_file(path, b"")
@@ -872,7 +880,7 @@ class DiskCache:
                             except (FileNotFoundError, _Damaged):
                                 continue
                             files[name] = _sha256(data)
-                if files != meta.get("numba_files"):
+                if files != meta.get("numba_files") or "sealed" not in meta:
                     meta["numba_files"] = files
                     meta["sealed"] = time.time()
                     meta["size"] = _dir_size(self._entry_dir(key))
@@ -911,7 +919,7 @@ class DiskCache:
                     pass
                 _write_file(tmp, json.dumps(stats).encode())
                 os.replace(tmp, self._path("stats.json"))
-        except Exception:  # statistics must never break a load
+        except Exception:  # noqa: BLE001, S110 - statistics must never break a load
             pass
 
     def _read_stats(self):
@@ -919,7 +927,7 @@ class DiskCache:
             with open(self._path("stats.json")) as f:
                 data = json.load(f)
             return {k: int(data.get(k, 0)) for k in ("hits", "misses")}
-        except Exception:
+        except Exception:  # noqa: BLE001 - missing or damaged: start again from zero
             return {"hits": 0, "misses": 0}
 
     def stats(self) -> dict:
@@ -995,8 +1003,11 @@ class DiskCache:
         elif os.path.isdir(edir) and not os.path.islink(edir):
             _rmtree(edir)
         else:
-            os.unlink(edir)
-        return True
+            try:
+                os.unlink(edir)
+            except OSError:
+                pass
+        return not os.path.lexists(edir)
 
     def _remove_key(self, key, blocking=True):
         lk = _KeyLock(self._lock_path(key), blocking=blocking)

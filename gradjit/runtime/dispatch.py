@@ -439,6 +439,19 @@ class Lowered:
                        for x in pytree.flatten(a)[0]]
         self.signature = describe(self.leaves)
 
+    def _numba_compile(self, kernel):
+        """Compile (or load from numba's cache) for the argument types of this signature now,
+        so that errors surface here and ahead-of-time ``warm`` stores object code."""
+        import numba
+        from numba.core.errors import NumbaError
+        vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures]
+        try:
+            kernel.compile(tuple(numba.typeof(v) for v in vals))
+        except NumbaError as e:
+            raise GradjitError(f"internal error: numba could not compile the kernel for "
+                               f"{self.tf.kind} of {self.traced.qualname} ({self.traced.loc}) "
+                               f"[{self.signature}]: {str(e).splitlines()[0]}") from None
+
     @property
     def traced_ir(self):
         return str(self.traced.graph)
@@ -460,6 +473,10 @@ class Lowered:
         t0 = time.perf_counter()
         mod, hit = load_source(self.source, key, meta)
         kernel = mod.kernel
+        self._numba_compile(kernel)
+        dc = disk_cache()
+        if dc is not None and dc.enabled:
+            dc.seal(key)  # record numba's object code so later processes can trust it
         if not hit:
             _stats.compiles += 1
         if DEBUG >= 1:
@@ -467,7 +484,7 @@ class Lowered:
                   f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
                   file=sys.stderr)
         e = Entry()
-        e.kernel = _checked(kernel, self, e)
+        e.kernel = kernel
         e.captures = self.traced.captures
         e.guards = self.traced.guards
         e.guard_values = [c.value for c in self.traced.guards]
@@ -493,24 +510,6 @@ class Lowered:
 
 def _single_leaf(low):
     return True
-
-
-def _checked(kernel, low, entry):
-    """The kernel, with numba's errors of its first compilation turned into a GradjitError
-    (a numba traceback is never what the user sees). After a first success the entry calls
-    the numba dispatcher directly."""
-    from numba.core.errors import NumbaError
-
-    def first_call(*args):
-        try:
-            out = kernel(*args)
-            entry.kernel = kernel
-            return out
-        except NumbaError as e:
-            raise GradjitError(f"internal error: numba could not compile the kernel for "
-                               f"{low.tf.kind} of {low.traced.qualname} ({low.traced.loc}) "
-                               f"[{low.signature}]: {str(e).splitlines()[0]}") from None
-    return first_call
 
 
 def _converter(a):

@@ -378,3 +378,181 @@ def emit_source(graph, what="kernel", target="cpu", jit=True):
     em = Emitter(graph, target, jit)
     fn = em.function()
     return HEADER.format(what=what) + fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured control flow (compiler/control.py): a region becomes a nested block, its body
+# emitted by a sub-Emitter over the region's graph that shares this one's names and constants.
+# ---------------------------------------------------------------------------------------------
+
+from .. import control as C  # noqa: E402
+
+
+def _region(em, graph, names, owned=()):
+    """A sub-Emitter holding the statements of ``graph`` (one block deeper than ``em``), its
+    inputs standing for the texts in ``names``; ``owned`` inputs may be updated in place."""
+    sub = Emitter(graph, em.target, em.jit)
+    sub.name, sub.consts, sub._post = em.name, em.consts, []
+    for v, text in names.items():
+        if v not in sub.name.names:
+            sub.name.names[v] = text
+        elif sub.name.names[v] != text:
+            sub.emit(f"{sub.name(v)} = {text}")
+    sub.fresh.update(owned)
+    items, sub.dims = schedule(graph)
+    for it in items:
+        if isinstance(it, Loop):
+            sub.loop(it)
+        else:
+            sub.stmt(it.eqn)
+    return sub
+
+
+def _nest(em, sub):
+    em.lines.extend("    " + line for line in (sub.lines or ["    pass"]))
+
+
+def _region_comment(em, e):
+    outs = ", ".join(em.n(v) for v in e.outputs)
+    loc = f"  ({e.loc})" if e.loc else ""
+    return f"{outs + ' = ' if outs else ''}{e.prim.name} {' '.join(em.n(a) for a in e.inputs)}{loc}"
+
+
+def _is_array(aval):
+    return aval.ndim > 0 and not C._is_tape(aval)
+
+
+def _transferable(em, e, a):
+    """``a`` (an operand of ``e``) is an array nothing else will read: ``e`` may take it over."""
+    return isinstance(a, Var) and a in em.fresh and em.last_use(a, e) and e.inputs.count(a) == 1
+
+
+def _assign_all(em, targets, values):
+    pairs = [(t, v) for t, v in zip(targets, values) if t != v]
+    if pairs:
+        em.emit(f"{', '.join(t for t, _ in pairs)} = {', '.join(v for _, v in pairs)}")
+
+
+@rule(C.cond_p)
+def _cond(em, e):
+    pred, ops = e.inputs[0], e.inputs[1:]
+    branches = e.p["branches"]
+    em.emit(f"# {_region_comment(em, e)}")
+    outs = [em.n(v) for v in e.outputs]
+    subs = []
+    for g in branches:
+        owned = {f for f, a in zip(g.inputs, ops) if _is_array(f.aval) and _transferable(em, e, a)}
+        sub = _region(em, g, {f: em.n(a) for f, a in zip(g.inputs, ops)}, owned)
+        _assign_all(sub, outs, [sub.n(o) for o in g.outputs])
+        subs.append(sub)
+    em.emit(f"if {em.n(pred)}:")
+    _nest(em, subs[0])
+    em.emit("else:")
+    _nest(em, subs[1])
+    for k, v in enumerate(e.outputs):
+        if all(g.outputs[k] in s.fresh and g.outputs.count(g.outputs[k]) == 1
+               for g, s in zip(branches, subs)):
+            em.fresh.add(v)
+
+
+def _may_update(graph, f):
+    """Some equation of ``graph`` may write into its input ``f`` (in-place updates, regions)."""
+    return any((getattr(x.prim, "inplace", None) == 0 and x.inputs and x.inputs[0] is f)
+               or (C.subgraphs(x) and f in x.inputs) for x in graph.eqns)
+
+
+def _enter_loop(em, e, graphs, formals, inits):
+    """Bind the loop variables (the carried formals) to the initial values; an array the body
+    updates in place is owned by the loop (copied unless nothing else reads it)."""
+    owned = set()
+    for f, a in zip(formals, inits):
+        src = em.n(a)
+        if _is_array(f.aval) and any(_may_update(g, f) for g in graphs):
+            owned.add(f)
+            if not _transferable(em, e, a):
+                src += ".copy()"
+        em.emit(f"{em.name(f)} = {src}")
+    return owned
+
+
+def _back_edge(sub, formals, outs, owned):
+    targets, values = [], []
+    for f, o in zip(formals, outs):
+        if o is f:
+            continue
+        src = sub.n(o)
+        if f in owned and not (isinstance(o, Var) and o in sub.fresh and outs.count(o) == 1):
+            src += ".copy()"
+        targets.append(sub.name(f))
+        values.append(src)
+    _assign_all(sub, targets, values)
+
+
+def _leave_loop(em, e, formals, owned):
+    for v, f in zip(e.outputs, formals):
+        em.emit(f"{em.n(v)} = {em.name(f)}")
+        if f in owned:
+            em.fresh.add(v)
+
+
+@rule(C.for_p)
+def _for(em, e):
+    lp = C.loop_parts(e.prim, e.inputs, e.params)
+    (i,), cf, kf = lp.formals()
+    em.emit(f"# {_region_comment(em, e)}")
+    owned = _enter_loop(em, e, lp.graphs, kf, lp.inits)
+    sub = _region(em, lp.body, {f: em.n(a) for f, a in zip(cf, lp.consts)}, owned)
+    _back_edge(sub, kf, lp.body.outputs, owned)
+    start, stop, step = lp.rng
+    bounds = [em.n(start), em.n(stop)] + ([] if isinstance(step, Lit) and step.value == 1
+                                          else [em.n(step)])
+    em.emit(f"for {em.name(i)} in range({', '.join(bounds)}):")
+    _nest(em, sub)
+    _leave_loop(em, e, kf, owned)
+
+
+@rule(C.while_p)
+def _while(em, e):
+    lp = C.loop_parts(e.prim, e.inputs, e.params)
+    _, cf, kf = lp.formals()
+    cond_g, body = lp.graphs
+    em.emit(f"# {_region_comment(em, e)}")
+    owned = _enter_loop(em, e, lp.graphs, kf, lp.inits)
+    names = {f: em.n(a) for f, a in zip(cf, lp.consts)}
+    test = _region(em, cond_g, names)
+    test.emit(f"if not {test.n(cond_g.outputs[0])}:")
+    test.emit("break", 2)
+    sub = _region(em, body, names, owned)
+    _back_edge(sub, kf, body.outputs, owned)
+    em.emit("while True:")
+    _nest(em, test)
+    _nest(em, sub)
+    _leave_loop(em, e, kf, owned)
+
+
+# A tape is a (buffer, count) tuple; the buffer doubles when full.
+
+@rule(C.tape_new_p)
+def _tape_new(em, e):
+    v = e.outputs[0]
+    dims = ", ".join([f"max({em.n(e.inputs[0])}, 16)"] + [em.dim(d) for d in v.aval.shape])
+    em.emit(f"{em.n(v)} = (np.empty(({dims},), np.{C._elem_aval(v.aval).dtype}), 0)",
+            comment=em.eqn_text(e))
+
+
+@rule(C.tape_push_p)
+def _tape_push(em, e):
+    t, x = (em.n(a) for a in e.inputs)
+    o = em.n(e.outputs[0])
+    em.emit(f"{o} = {t} if {t}[1] < {t}[0].shape[0] else (np.concatenate(({t}[0], {t}[0])), {t}[1])",
+            comment=em.eqn_text(e))
+    em.emit(f"{o}[0][{o}[1]] = {x}")
+    em.emit(f"{o} = ({o}[0], {o}[1] + 1)")
+
+
+@rule(C.tape_pop_p)
+def _tape_pop(em, e):
+    t = em.n(e.inputs[0])
+    o, x = (em.n(v) for v in e.outputs)
+    em.emit(f"{o} = ({t}[0], {t}[1] - 1)", comment=em.eqn_text(e))
+    em.emit(f"{x} = {o}[0][{o}[1]]")

@@ -27,7 +27,9 @@ class Dims:
             if e.prim.name == "check_eq":
                 a, b = e.inputs
                 if isinstance(a, Var) and isinstance(b, Var):
-                    self.parent[self.find(a)] = self.find(b)
+                    ra, rb = self.find(a), self.find(b)
+                    if ra is not rb:
+                        self.parent[ra] = rb
 
     def find(self, d):
         while isinstance(d, Var) and d in self.parent:

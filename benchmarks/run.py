@@ -1,0 +1,295 @@
+"""Benchmark gradjit against hand-written numba and peer frameworks.
+
+    python benchmarks/run.py [--quick] [--only W1,W3a,...] [--no-cold]
+
+`make bench` runs it with the intended environment (see the Makefile). Prints the machine,
+then per workload the median time per gradient of each contestant and its ratio to the
+hand-written numba kernel, the gradient/forward ratios, and the cold compile times.
+"""
+
+import os
+
+# Single-threaded BLAS/OpenMP unless the caller chose otherwise: the baseline kernels are
+# single-threaded, and multi-core runs are explicit columns (gradjit-par, numba-par).
+# Must happen before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import atexit
+import ctypes
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A private gradjit disk cache: warm timings do not depend on where a kernel came from, but
+# a stale entry written by an older build of the compiler would be benchmarked (and
+# checked) instead of the compiler in this tree.
+if "GRADJIT_CACHE_DIR" not in os.environ:
+    os.environ["GRADJIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradjit-bench-")
+    atexit.register(shutil.rmtree, os.environ["GRADJIT_CACHE_DIR"], ignore_errors=True)
+
+import numba
+import numpy as np
+
+from benchmarks import coldstart, peers, suite
+from benchmarks.harness import Cell, Errors, fmt_ratio, fmt_time, measure, mismatch, table
+
+# ---------------------------------------------------------------------------------------
+# Machine description
+# ---------------------------------------------------------------------------------------
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas_threads():
+    """Threads of each OpenBLAS loaded in this process (numpy's, scipy's, ...)."""
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+    except OSError:
+        return "unknown"
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for sym in (
+            "scipy_openblas_get_num_threads64_",
+            "openblas_get_num_threads64_",
+            "openblas_get_num_threads",
+        ):
+            if hasattr(lib, sym):
+                found.append(f"{getattr(lib, sym)()} ({Path(path).name})")
+                break
+    return ", ".join(found) or "unknown"
+
+
+def source_tree():
+    """The commit benchmarked, and whether the tree has uncommitted changes."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(
+            git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            git + ["status", "--porcelain", "--", "gradjit"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return head + (" + uncommitted changes under gradjit/" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def load_note(own=0.0):
+    """The 1-minute load average, with a warning when other work competes for the cores
+    (`own`: the share of the load that is this benchmark itself)."""
+    load = os.getloadavg()[0]
+    busy = load - own > 0.5 * len(os.sched_getaffinity(0))
+    return f"{load:.2f}" + (
+        "  WARNING: other processes are competing for the cores; timings are inflated and noisy"
+        if busy
+        else ""
+    )
+
+
+def print_header(quick):
+    from benchmarks import handwritten as hw
+
+    hw.poly_sum_grad_par(np.zeros(4))  # starts numba's thread pool, so its layer is known
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    versions = [f"{m} {peers.version(m) or 'n/a'}" for m in ("jax", "autograd", "torch")]
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    print("gradjit benchmarks" + (" (--quick: small sizes, few samples)" if quick else ""))
+    print(
+        f"  cpu      {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable)"
+    )
+    print(
+        f"  python   {platform.python_version()}, numpy {np.__version__}, "
+        f"numba {numba.__version__}, {', '.join(versions)}"
+    )
+    print(f"  blas     {blas['name']} {blas.get('version', '')}, threads: {blas_threads()}")
+    print(f"  gradjit  tree {source_tree()}; disk cache {os.environ['GRADJIT_CACHE_DIR']}")
+    print(
+        f"  numba    parallel: {numba.get_num_threads()} threads "
+        f"({numba.threading_layer()} layer), SVML: {numba.config.USING_SVML}; "
+        "torch: 1 thread; jax: XLA defaults"
+    )
+    if tunables:
+        print(f"  malloc   GLIBC_TUNABLES={tunables}")
+        print(
+            "           (as `make bench` sets it: freed memory stays in the process, so a "
+            "fresh output array costs no page faults)"
+        )
+    else:
+        print(
+            "  malloc   GLIBC_TUNABLES unset: every large fresh output is mmap'ed and "
+            "page-faulted anew;"
+        )
+        print("           contestants returning big arrays look slower. `make bench` sets it.")
+    print(
+        "  timing   median per call, contestants interleaved round-robin after warm-up; "
+        "results checked against numpy"
+    )
+    print(f"  load     {load_note()}")
+    print()
+
+
+# ---------------------------------------------------------------------------------------
+# Running the cases
+# ---------------------------------------------------------------------------------------
+
+
+def prepare(factories, case, args, forward, errors):
+    """Build, warm up and check each contestant: {name: thunk} plus {name: Cell} notes."""
+    thunks, notes = {}, {}
+    expected = suite.reference(case, args, forward)
+    for name, factory in factories.items():
+        try:
+            thunk = factory(case, args)
+            result = thunk()  # first call: compiles
+            thunk()
+        except peers.Unavailable:
+            notes[name] = Cell(note="n/a")
+            continue
+        except suite.NotApplicable:
+            notes[name] = Cell(note="-")
+            continue
+        except Exception as e:  # noqa: BLE001 - gradjit is allowed to fail, per cell
+            notes[name] = Cell(note=errors.note("error", e))
+            continue
+        wrong = mismatch(result, expected)
+        if wrong:
+            notes[name] = Cell(note=errors.note("wrong", f"{name} {case.label}: {wrong}"))
+            continue
+        thunks[name] = thunk
+    return thunks, notes
+
+
+def run_case(case, quick, errors):
+    """Cells for the gradient contestants and, if the workload has one, the forward pass."""
+    args = case.args()
+    thunks, cells = prepare(suite.CONTESTANTS, case, args, False, errors)
+    fwd_cells = {}
+    if case.workload.numba_forward is not None:
+        fthunks, fwd_cells = prepare(suite.FORWARD, case, args, True, errors)
+        thunks.update({("fwd", n): t for n, t in fthunks.items()})
+    budget, min_samples = (1.0, 3) if quick else (8.0, 7)
+    for key, t in measure(thunks, budget, min_samples=min_samples).items():
+        cell = Cell(note=errors.note("error", t)) if isinstance(t, Exception) else t
+        if isinstance(key, tuple):
+            fwd_cells[key[1]] = cell
+        else:
+            cells[key] = cell
+    return cells, fwd_cells
+
+
+def cold_rows(groups, repeats, errors):
+    rows = []
+    for group in groups:
+        for contestant in coldstart.CONTESTANTS:
+            print(f"  cold {group} {contestant} ...", file=sys.stderr, flush=True)
+            try:
+                r = coldstart.cold_start(contestant, group, repeats=repeats)
+                rows.append([group, contestant, fmt_time(r["first"]), fmt_time(r["import"])])
+            except Exception as e:  # noqa: BLE001 - shown as a numbered note
+                rows.append([group, contestant, errors.note("error", str(e)), ""])
+    return rows
+
+
+MULTICORE = 1.3  # CPU time / wall time above which a cell is marked as multi-core
+
+
+def fmt_cell(cell, base=None):
+    if cell.seconds is None:
+        return cell.note
+    text = fmt_time(cell.seconds) + ("*" if cell.cores > MULTICORE else " ")
+    if base is None or base.seconds is None:
+        return text
+    return f"{text} {fmt_ratio(cell.seconds / base.seconds):>5}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, few samples (smoke run)")
+    ap.add_argument("--only", help="comma-separated workload groups, e.g. W1,W3a")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-compile table")
+    opts = ap.parse_args(argv)
+    only = set(opts.only.split(",")) if opts.only else None
+    known = {wl.group for wl in suite.WORKLOADS}
+    if only and not only <= known:
+        ap.error(f"unknown workload(s) {sorted(only - known)}; known: {sorted(known)}")
+
+    print_header(opts.quick)
+    errors = Errors()
+    names = list(suite.CONTESTANTS)
+    grad_rows, fwd_rows = [], []
+    for case in suite.cases(opts.quick, only):
+        print(f"  running {case.label} ...", file=sys.stderr, flush=True)
+        cells, fwd = run_case(case, opts.quick, errors)
+        base = cells.get(suite.BASELINE)
+        grad_rows.append([case.label] + [fmt_cell(cells[n], base) for n in names])
+        for name, fcell in fwd.items():
+            g = cells.get(name)
+            ratio = (
+                ""
+                if g is None or g.seconds is None or fcell.seconds is None
+                else fmt_ratio(g.seconds / fcell.seconds)
+            )
+            fwd_rows.append([case.label, name, fmt_cell(fcell), fmt_cell(g) if g else "-", ratio])
+
+    print(
+        f"Gradient: median time per call, and ratio to hand-written numba ({suite.BASELINE} = 1x)"
+    )
+    print(table(["workload"] + names, grad_rows))
+    print()
+    for wl in suite.WORKLOADS:
+        if not only or wl.group in only:
+            print(f"  {wl.group:4} {wl.title}")
+    print(
+        '  -par: multi-core (gradjit target="parallel", numba prange), largest size only;'
+        f" *: used more than one core (CPU time / wall time > {MULTICORE})"
+    )
+    if fwd_rows:
+        print()
+        print("Cheap gradient: gradient time / forward time (target for gradjit: <= 3x)")
+        print(table(["workload", "contestant", "forward", "gradient", "grad/fwd"], fwd_rows))
+
+    groups = [g for g in coldstart.GROUPS if not only or g in only]
+    if groups and not opts.no_cold:
+        print()
+        print(
+            "Cold compile: define -> first gradient in a fresh process (small inputs, "
+            "GRADJIT_DISABLE_CACHE=1); framework import time separate"
+        )
+        print(
+            table(
+                ["workload", "contestant", "first gradient", "import"],
+                cold_rows(groups, 1 if opts.quick else 3, errors),
+            )
+        )
+
+    print()
+    print(f"Load average at the end (this run adds ~1): {load_note(own=1.0)}")
+    if errors.messages:
+        print("Notes:")
+        errors.print()
+
+
+if __name__ == "__main__":
+    main()
