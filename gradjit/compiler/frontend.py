@@ -414,7 +414,9 @@ class Interpreter:
         self.frame = new
         try:
             if isinstance(node, ast.Lambda):
-                return self.expr(node.body)
+                self.loc = self.where(node)
+                with location(self.loc):
+                    return self.expr(node.body)
             try:
                 self.block(node.body)
             except _Return as r:
@@ -624,6 +626,12 @@ class Interpreter:
     def _after_exit(self, rest):
         """A break/continue/return flag was set: raise it if it is certain, else run the rest
         of the block only where no flag is set."""
+        self._raise_certain()
+        if rest:
+            self._guarded(lambda: self.block(rest), rest[0])
+            self._raise_certain()
+
+    def _raise_certain(self):
         loc = self.frame.locals
         if loc.get("$ret") is True:
             value = loc.pop("$retval", None)
@@ -634,8 +642,6 @@ class Interpreter:
             if loc.get(f) is True:
                 loc.pop(f)
                 raise signal()
-        if rest:
-            self._guarded(lambda: self.block(rest), rest[0])
 
     def _guarded(self, run, node, flags=_FLAGS):
         """``run()`` under `if not (the dynamic flags)`."""

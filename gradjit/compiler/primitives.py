@@ -163,7 +163,8 @@ def promote(*xs, to_float=False):
 
 def _ew_shape(out_dtype=None):
     def rule(*ins, **_):
-        dt = out_dtype or ins[0].aval.dtype
+        strong = [a.aval.dtype for a in ins if not a.aval.weak]  # weak scalars adopt it
+        dt = out_dtype or (strong[0] if strong else ins[0].aval.dtype)
         weak = all(a.aval.weak for a in ins) and out_dtype is None
         return (Aval(dt, broadcast_shapes(*[a.aval.shape for a in ins]), weak),)
     return rule
@@ -413,7 +414,7 @@ or_p, logical_or = _binary("or", np.logical_or, "({0} or {1})", _cmp_vjp, out_dt
 
 
 def _select_shape(c, a, b):
-    return (Aval(a.aval.dtype, broadcast_shapes(c.aval.shape, a.aval.shape, b.aval.shape),
+    return (Aval(b.aval.dtype if a.aval.weak else a.aval.dtype, broadcast_shapes(c.aval.shape, a.aval.shape, b.aval.shape),
                  a.aval.weak and b.aval.weak),)
 
 
@@ -544,7 +545,16 @@ def _max_vjp(ct, ins, outs, axes):
 
 
 def _prod_vjp(ct, ins, outs, axes):
-    return (mul(_expand_back(ct, ins[0], axes), div(_expand_back(outs[0], ins[0], axes), ins[0])),)
+    # d prod / d x_i is the product of the other elements. ``prod / x_i`` is that product
+    # only where x_i != 0: with one zero in a reduced slice, its element gets the product
+    # of the non-zeros and the others 0; with two or more zeros everything is 0.
+    x = ins[0]
+    is0 = eq(x, 0.0)
+    safe = select(is0, 1.0, x)
+    n0 = _expand_back(reduce_sum(convert(is0, "int64"), axes), x, axes)
+    p_nz = _expand_back(reduce_prod(safe, axes), x, axes)
+    d = select(eq(n0, 0), div(p_nz, safe), select(logical_and(eq(n0, 1), is0), p_nz, 0.0))
+    return (mul(_expand_back(ct, x, axes), d),)
 
 
 reduce_sum_p = primitive("reduce_sum", _reduce_shape, impl=lambda x, axes: np.sum(x, axis=axes),
@@ -1075,18 +1085,177 @@ def matmul(a, b):
     if not isinstance(a, Tracer) or not isinstance(b, Tracer):
         if not isinstance(a, Tracer) and not isinstance(b, Tracer):
             return np.matmul(a, b)
-        raise TraceError(at(current_loc(), "matmul with a constant array: pass it as an argument"))
+        # a small constant (e.g. a cotangent that folded to constants) joins the graph
+        a, b = (x if isinstance(x, Tracer) else lift(x) for x in (a, b))
     return bind(matmul_p, a, b)
 
 
 def _batched_matmul(a, b):
-    raise TraceError(at(current_loc(), "matmul of arrays of rank > 2 is not supported yet; use einsum"))
+    """``a @ b`` with a rank > 2 operand: numpy's stacks of matrices with broadcast batch axes,
+    as a broadcast product summed over the contracted axis (one fused loop, no BLAS)."""
+    sa0, sb0 = shape_of(a), shape_of(b)
+    vec_a, vec_b = ndim(a) == 1, ndim(b) == 1
+    if vec_a:
+        a = reshape(a, (1,) + sa0)
+    if vec_b:
+        b = reshape(b, sb0 + (1,))
+    sa, sb = shape_of(a), shape_of(b)
+    ka, kb = sa[-1], sb[-2]
+    msg = f"matmul: shapes {fmt_shape(sa0)} and {fmt_shape(sb0)} are not aligned"
+    if not same_dim(ka, kb):
+        if isinstance(ka, int) and isinstance(kb, int):
+            raise ShapeError(at(current_loc(), f"{msg} ({ka} != {kb})"))
+        check_eq(ka, kb, at(current_loc(), msg))
+    ba, bb = sa[:-2], sb[:-2]
+    r = max(len(ba), len(bb))
+    for k in range(r):
+        da = ba[k - r + len(ba)] if k - r + len(ba) >= 0 else 1
+        db = bb[k - r + len(bb)] if k - r + len(bb) >= 0 else 1
+        if isinstance(da, int) and isinstance(db, int) and 1 not in (da, db) and da != db:
+            raise ShapeError(at(current_loc(), f"matmul: the batch axes of {fmt_shape(sa0)} and "
+                                f"{fmt_shape(sb0)} do not broadcast"))
+    a4 = reshape(a, sa + (1,))  # (..., n, k, 1)
+    b4 = reshape(b, sb[:-2] + (1,) + sb[-2:])  # (..., 1, k, m)
+    y = reduce_sum(mul(a4, b4), -2)  # (..., n, m)
+    if vec_a:
+        s = shape_of(y)
+        y = reshape(y, s[:-2] + s[-1:])
+    if vec_b:
+        y = reshape(y, shape_of(y)[:-1])
+    return y
 
 
 def outer(a, b):
     a = reshape(a, (size_of(a, range(ndim(a))),)) if ndim(a) != 1 else a
     b = reshape(b, (size_of(b, range(ndim(b))),)) if ndim(b) != 1 else b
     return mul(reshape(a, (shape_of(a)[0], 1)), b)
+
+
+# ---- det, inv, solve: LAPACK through numba's np.linalg (square matrices, no batching) --------
+
+
+def _square_shape(a):
+    return (Aval(a.aval.dtype, a.aval.shape),)
+
+
+def _linalg_cpu(fn):
+    return lambda args, p: f"np.linalg.{fn}({', '.join(f'np.ascontiguousarray({a})' for a in args)})"
+
+
+det_p = primitive("det", lambda a: (Aval(a.aval.dtype, ()),), impl=np.linalg.det,
+                  cpu=_linalg_cpu("det"))
+# d det(A) = det(A) inv(A)^T
+det_p.vjp = lambda ct, ins, outs: (mul(ct, mul(outs[0], transpose(inv(ins[0])))),)
+
+inv_p = primitive("inv", _square_shape, impl=np.linalg.inv, cpu=_linalg_cpu("inv"))
+# d inv(A) = -inv(A)^T ct inv(A)^T
+inv_p.vjp = lambda ct, ins, outs: (
+    neg(matmul(matmul(transpose(outs[0]), ct), transpose(outs[0]))),)
+
+
+def _solve_vjp(ct, ins, outs):
+    a, _ = ins
+    x = outs[0]
+    gb = solve(transpose(a), ct)
+    ga = neg(outer(gb, x) if ndim(x) == 1 else matmul(gb, transpose(x)))
+    return ga, gb
+
+
+solve_p = primitive("solve", lambda a, b: (Aval(a.aval.dtype, b.aval.shape),),
+                    impl=np.linalg.solve, vjp=_solve_vjp, cpu=_linalg_cpu("solve"))
+
+
+def _square_operand(fn, a):
+    (a,), _ = promote(a, to_float=True)
+    s = shape_of(a)
+    if len(s) != 2:
+        raise TraceError(at(current_loc(), f"np.linalg.{fn} of an array of rank {len(s)} is not "
+                            "supported (only a single square matrix)"))
+    if not same_dim(s[0], s[1]):
+        msg = f"np.linalg.{fn}: the matrix must be square, not {fmt_shape(s)}"
+        if isinstance(s[0], int) and isinstance(s[1], int):
+            raise ShapeError(at(current_loc(), msg))
+        check_eq(s[0], s[1], at(current_loc(), msg))
+    if not isinstance(a, Tracer):
+        raise TraceError(at(current_loc(), f"np.linalg.{fn} of a constant array: pass it as an argument"))
+    return a
+
+
+def det(a):
+    return bind(det_p, _square_operand("det", a))
+
+
+def inv(a):
+    return bind(inv_p, _square_operand("inv", a))
+
+
+def solve(a, b):
+    (a, b), _ = promote(a, b, to_float=True)
+    a = _square_operand("solve", a)
+    if ndim(b) not in (1, 2):
+        raise TraceError(at(current_loc(), "np.linalg.solve: b must have rank 1 or 2"))
+    n, nb = shape_of(a)[0], shape_of(b)[0]
+    if not same_dim(n, nb):
+        msg = (f"np.linalg.solve: shapes {fmt_shape(shape_of(a))} and {fmt_shape(shape_of(b))} "
+               "do not match")
+        if isinstance(n, int) and isinstance(nb, int):
+            raise ShapeError(at(current_loc(), msg))
+        check_eq(n, nb, at(current_loc(), msg))
+    if not isinstance(b, Tracer):
+        raise TraceError(at(current_loc(), "np.linalg.solve with a constant right-hand side: "
+                            "pass it as an argument"))
+    return bind(solve_p, a, b)
+
+
+# =============================================================================================
+# Scans
+# =============================================================================================
+
+
+def _cumsum_impl(x, axis, reverse):
+    if reverse:
+        return np.flip(np.cumsum(np.flip(x, axis), axis), axis)
+    return np.cumsum(x, axis)
+
+
+def _cumsum_cpu(args, p):
+    """A call of the helper kernel ``gj_cumsum_last`` (kernels/cpu.py), which scans the last
+    axis; another axis is moved last and back."""
+    axis, nd, rev = p["axis"], p["ndim"], p["reverse"]
+    if axis == nd - 1:
+        return f"gj_cumsum_last({args[0]}, {rev})"
+    perm = tuple(k for k in range(nd) if k != axis) + (axis,)
+    back = tuple(np.argsort(perm).tolist())
+    return f"np.transpose(gj_cumsum_last(np.transpose({args[0]}, {perm!r}), {rev}), {back!r})"
+
+
+# Running sum along ``axis`` (from the end when ``reverse``); its adjoint is the running sum
+# of the cotangent the other way.
+cumsum_p = primitive("cumsum", lambda x, axis, ndim, reverse: (x.aval.update(weak=False),),
+                     impl=lambda x, axis, ndim, reverse: _cumsum_impl(x, axis, reverse),
+                     cpu=_cumsum_cpu)
+cumsum_p.vjp = lambda ct, ins, outs, axis, ndim, reverse: (
+    bind(cumsum_p, ct, axis=axis, ndim=ndim, reverse=not reverse),)
+
+
+def cumsum(x, axis=None, reverse=False):
+    """``np.cumsum(x, axis)``: ``axis=None`` scans the flattened array."""
+    if is_static_scalar(x):
+        return np.cumsum(x, axis)
+    if dtype_of(x) == "bool" or (dtype_of(x).startswith("int") and dtype_of(x) != "int64"):
+        x = cast(x, "int64")
+    if axis is None:
+        x = reshape(x, (-1,))
+        axis = 0
+    nd = ndim(x)
+    if nd == 0:
+        raise TraceError(at(current_loc(), "np.cumsum of a 0-d array needs axis=None"))
+    if isinstance(axis, Tracer):
+        raise TraceError(at(current_loc(), "np.cumsum: the axis must be known at compile time"))
+    if not -nd <= int(axis) < nd:
+        raise TraceError(at(current_loc(), f"np.cumsum: axis {axis} is out of bounds for an array "
+                            f"of rank {nd}"))
+    return bind(cumsum_p, x, axis=int(axis) % nd, ndim=nd, reverse=bool(reverse))
 
 
 # =============================================================================================
