@@ -33,6 +33,19 @@ value_and_grad = _transform("value_and_grad", argnums=0, has_aux=False, target="
 value_and_grad.__doc__ = "``(value, gradient)`` of a scalar-output ``fun``."
 
 
+jacobian = _transform("jacobian", argnums=0, target="auto")
+jacobian.__doc__ = "Jacobian of ``fun``, shape ``out.shape + in.shape``, computed in one kernel."
+
+
+def hessian(fun=None, *, argnums=0, target="auto"):
+    """Hessian of a scalar-output ``fun``, shape ``in.shape + in.shape`` (the Jacobian of the
+    gradient: reverse over reverse, one kernel)."""
+    if fun is None:
+        return functools.partial(hessian, argnums=argnums, target=target)
+    inner = dispatch.Transformed(fun, "grad", argnums=argnums, target=target)
+    return dispatch.Transformed(inner, "jacobian", argnums=argnums, target=target)
+
+
 def vjp(fun, *primals):
     """``(out, vjp_fn)``; ``vjp_fn(cotangent)`` returns a tuple, one gradient per primal."""
     return dispatch.vjp(fun, *primals)

@@ -114,7 +114,7 @@ def trace(fun, args, static=None):
                 tracer_args.append(a)
                 continue
             leaves, tree = pytree.flatten(a)
-            ts = [Tracer(Var(aval_for(x))) for x in leaves]
+            ts = [Tracer(Var(x.aval if isinstance(x, Tracer) else aval_for(x))) for x in leaves]
             inputs.extend(ts)
             tracer_args.append(pytree.unflatten(tree, ts))
         out = interp.call(fun, tracer_args)
@@ -310,6 +310,38 @@ class Transformed:
 
     # -- compiling -----------------------------------------------------------------------------
 
+    def numba(self, *args):
+        """The compiled kernel for the signature of ``args``, as a numba dispatcher that the
+        user's own ``@njit`` code can call with no Python in between. It takes the flattened
+        arguments (then any arrays the function reads from globals, in ``.captured_names``)
+        and returns a tuple of the flattened results."""
+        entry = self.cache.get(("numba",) + tuple(map(arg_key, args)))
+        if entry is None:
+            entry = Lowered(self, args).compile()
+            self.cache[("numba",) + tuple(map(arg_key, args))] = entry
+        if entry.captures:
+            raise GradjitError("numba(): the function reads arrays from globals or closures; "
+                               "pass them as arguments to call it from numba code")
+        return entry.kernel
+
+    def _gj_inline(self, interp, args, kwargs):
+        """Called inside a function being traced: trace ``fun`` on the caller's tracers,
+        transform, and replay the result into the caller's graph (so transforms compose and a
+        whole optimisation loop compiles into one kernel)."""
+        if kwargs:
+            raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
+        if self.kind in ("vjp", "jacobian"):
+            raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
+        static = {k: args[k] for k in self.static_argnums if k < len(args)}
+        traced = trace(self.fun, args, static)
+        graph, assemble = transform_graph(self, traced, args, static)
+        leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
+        caps = [interp.captured(c.kind, c.where, c.name, c.value) for c in traced.captures]
+        interp.guards.extend(traced.guards)
+        interp.sources.update(traced.sources)
+        outs, _ = ad.replay(graph, leaves + caps)
+        return assemble(outs)
+
     def lower(self, *args):
         """Trace and transform for the signature of ``args`` (no numba compilation)."""
         return Lowered(self, args)
@@ -338,7 +370,7 @@ class Transformed:
                 raise GradjitError(f"argument {n} is static and cannot be differentiated")
             leaves, tree = pytree.flatten(args[n])
             for x in leaves:
-                dt = aval_for(x).dtype
+                dt = x.aval.dtype if isinstance(x, Tracer) else aval_for(x).dtype
                 if not dt.startswith("float"):
                     raise TypeError(f"{self.kind} of {_name(self.fun)} with respect to argument {n}: "
                                     f"it holds integer or bool values ({dt}); only float "
@@ -375,6 +407,51 @@ def _to_result(dtype):
     return t
 
 
+def transform_graph(tf, traced, args, static):
+    """(graph, assemble) of transform ``tf`` applied to a traced function; ``assemble`` turns
+    the graph's flat outputs into the transform's result structure."""
+    g = traced.graph
+    kind = tf.kind
+    out_tree = traced.out_tree
+    if kind == "jit":
+        return g, lambda outs: pytree.unflatten(out_tree, outs)
+    if kind in ("grad", "value_and_grad"):
+        wrt, groups = tf._wrt(args, static)
+        with_value = kind == "value_and_grad"
+        graph = grad_graph(traced, None, wrt, tf.has_aux, with_value)
+        n_out = len(g.outputs) if (with_value or tf.has_aux) else 0
+        single = not isinstance(tf.argnums, (tuple, list))
+        has_aux = tf.has_aux
+        if has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
+                        or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
+            raise GradjitError(f"{traced.loc}: has_aux=True needs {traced.qualname} "
+                               "to return a pair (scalar, aux)")
+
+        def assemble(outs):
+            vals, gs = outs[:n_out], outs[n_out:]
+            grads = _regroup(gs, groups, single)
+            if not (with_value or has_aux):
+                return grads
+            value = pytree.unflatten(out_tree, vals)
+            if has_aux:
+                value = (value[0], value[1])
+                return (value, grads) if with_value else (grads, value[1])
+            return value, grads
+        return graph, assemble
+    if kind == "vjp":
+        wrt = list(range(len(g.inputs) - len(traced.captures)))
+        return vjp_graph(traced, wrt), None
+    raise GradjitError(f"{kind} cannot be used here")
+
+
+def _regroup(flat, groups, single):
+    res, pos = [], 0
+    for tree, n, _ in groups:
+        res.append(pytree.unflatten(tree, flat[pos:pos + n]))
+        pos += n
+    return res[0] if single else tuple(res)
+
+
 class Lowered:
     """A traced and transformed function for one signature: IR, optimised IR and source."""
 
@@ -382,62 +459,88 @@ class Lowered:
         self.tf = tf
         static = {k: args[k] for k in tf.static_argnums if k < len(args)}
         self.traced = trace(tf.fun, args, static)
-        g = self.traced.graph
         kind = tf.kind
-        out_tree = self.traced.out_tree
-        if kind == "jit":
-            graph = g
-            self.assemble = lambda outs: pytree.unflatten(out_tree, outs)
-        elif kind in ("grad", "value_and_grad"):
-            wrt, groups = tf._wrt(args, static)
-            with_value = kind == "value_and_grad"
-            graph = grad_graph(self.traced, None, wrt, tf.has_aux, with_value)
-            n_out = len(g.outputs) if (with_value or tf.has_aux) else 0
-            single = not isinstance(tf.argnums, (tuple, list))
-            has_aux = tf.has_aux
-            if has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
-                            or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
-                raise GradjitError(f"{self.traced.loc}: has_aux=True needs {self.traced.qualname} "
-                                   "to return a pair (scalar, aux)")
-
-            def assemble(outs):
-                vals, gs = outs[:n_out], outs[n_out:]
-                res, pos = [], 0
-                for tree, n, _ in groups:
-                    res.append(pytree.unflatten(tree, gs[pos:pos + n]))
-                    pos += n
-                grads = res[0] if single else tuple(res)
-                if not (with_value or has_aux):
-                    return grads
-                value = pytree.unflatten(out_tree, vals)
-                if has_aux:
-                    value = (value[0], value[1])
-                    return (value, grads) if with_value else (grads, value[1])
-                return value, grads
-            self.assemble = assemble
-        elif kind == "vjp":
-            wrt = list(range(len(g.inputs) - len(self.traced.captures)))
-            graph = vjp_graph(self.traced, wrt)
-            self.assemble = None
-        else:
-            raise GradjitError(f"unknown transform {kind}")
-        if DEBUG >= 3:
-            verify(graph)
-        self.transformed = graph
-        self.optimized = passes.optimize(graph)
-        if DEBUG >= 2:
-            print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
+        self.leaves = [x for k, a in enumerate(args) if k not in static
+                       for x in pytree.flatten(a)[0]]
+        self.signature = describe(self.leaves)
         target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
         if target == "auto":
             target = "cpu"
         if target == "cuda":
             raise GradjitError("target='cuda' is not available yet")
         self.target = target
-        self.source = cpu.emit_source(self.optimized, what=f"{kind} of {self.traced.qualname} "
-                                      f"({self.traced.loc})", target=target)
-        self.leaves = [x for k, a in enumerate(args) if k not in static
-                       for x in pytree.flatten(a)[0]]
-        self.signature = describe(self.leaves)
+        what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
+        if kind == "jacobian":
+            self._lower_jacobian(args, static, what)
+            return
+        graph, self.assemble = transform_graph(tf, self.traced, args, static)
+        if DEBUG >= 3:
+            verify(graph)
+        self.transformed = graph
+        self.optimized = passes.optimize(graph)
+        if DEBUG >= 2:
+            print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
+        self.source = cpu.emit_source(self.optimized, what=what, target=self.target)
+
+    def _lower_jacobian(self, args, static, what):
+        """Jacobian rows as reverse-mode products with unit cotangents, looped inside one
+        kernel: ``forward`` gives the output's shape, ``vjp_body`` one row per output element."""
+        tf, traced = self.tf, self.traced
+        g = traced.graph
+        if len(g.outputs) != 1:
+            raise GradjitError(f"{traced.loc}: jacobian needs {traced.qualname} to return one array")
+        wrt, groups = tf._wrt(args, static)
+        out = g.outputs[0]
+        body = passes.optimize(vjp_graph(traced, wrt))
+        fwd = passes.optimize(g)
+        self.transformed = body
+        self.optimized = body
+        n_in = len(g.inputs) - len(traced.captures)
+        names = [f"a{k}" for k in range(len(g.inputs))]
+        prim, caps = names[:n_in], names[n_in:]
+        odt = out.aval.dtype
+        lines = ["", "@numba.njit(cache=True)", f"def kernel({', '.join(names)}):",
+                 f"    out = forward({', '.join(names)})[0]"]
+        if out.aval.ndim:
+            lines += ["    m = out.size", f"    ct = np.zeros(m, np.{odt})"]
+        else:
+            lines += ["    m = 1"]
+        jac = []
+        for j, i in enumerate(wrt):
+            x = g.inputs[i]
+            jn = f"J{j}"
+            jac.append((jn, x))
+            size = f"{names[i]}.size" if x.aval.ndim else "1"
+            lines.append(f"    {jn} = np.empty((m, {size}), np.{x.aval.dtype})")
+        lines.append("    for k in range(m):")
+        if out.aval.ndim:
+            lines += ["        ct[k] = 1.0",
+                      f"        res = vjp_body({', '.join(prim)}, ct.reshape(out.shape)"
+                      f"{''.join(', ' + c for c in caps)})", "        ct[k] = 0.0"]
+        else:
+            lines.append(f"        res = vjp_body({', '.join(prim)}, np.{odt}(1.0)"
+                         f"{''.join(', ' + c for c in caps)})")
+        for j, (jn, x) in enumerate(jac):
+            r = f"res[{1 + j}]"
+            if x.aval.ndim:
+                lines.append(f"        {jn}[k, :] = np.ascontiguousarray({r}).ravel()")
+            else:
+                lines.append(f"        {jn}[k, 0] = {r}")
+        rets = []
+        for jn, x in jac:
+            oshape = "out.shape" if out.aval.ndim else "()"
+            ishape = f"{names[g.inputs.index(x)]}.shape" if x.aval.ndim else "()"
+            if not out.aval.ndim and not x.aval.ndim:
+                rets.append(f"{jn}[0, 0]")
+            else:
+                rets.append(f"{jn}.reshape({oshape} + {ishape})")
+        lines.append(f"    return ({', '.join(rets)},)")
+        self.source = (cpu.emit_source(fwd, what=what, target=self.target, fname="forward")
+                       + "\n" + cpu.emit_source(body, what, self.target, fname="vjp_body",
+                                                header=False)
+                       + "\n".join(lines) + "\n")
+        single = not isinstance(tf.argnums, (tuple, list))
+        self.assemble = lambda outs: _regroup(outs, groups, single)
 
     def _numba_compile(self, kernel):
         """Compile (or load from numba's cache) for the argument types of this signature now,

@@ -7,6 +7,8 @@ keyed by primitive. Every statement carries the IR equation it came from as a co
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ...errors import GradjitError
@@ -373,11 +375,14 @@ def _const(em, e):
     _assign(em, e, f"{name}.copy()")
 
 
-def emit_source(graph, what="kernel", target="cpu", jit=True):
-    """Plain Python source of a module defining ``kernel`` for ``graph``."""
+def emit_source(graph, what="kernel", target="cpu", jit=True, fname="kernel", header=True):
+    """Plain Python source of a module defining ``fname`` for ``graph``."""
     em = Emitter(graph, target, jit)
-    fn = em.function()
-    return HEADER.format(what=what) + fn
+    fn = em.function(fname)
+    if em.consts and not header:  # module-level constants must not clash between functions
+        for k in range(len(em.consts)):
+            fn = re.sub(rf"\bC{k}\b", f"C{k}_{fname}", fn)
+    return (HEADER.format(what=what) if header else "") + fn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,3 +561,12 @@ def _tape_pop(em, e):
     o, x = (em.n(v) for v in e.outputs)
     em.emit(f"{o} = ({t}[0], {t}[1] - 1)", comment=em.eqn_text(e))
     em.emit(f"{x} = {o}[0][{o}[1]]")
+
+
+# Array primitives lowered to one call, whose text their stanza's ``cpu`` builds from the
+# operands' names and the params (linear algebra through numba's np.linalg, scans through the
+# helpers of gradjit/kernels/cpu.py).
+
+@rule(P.cumsum_p, P.det_p, P.inv_p, P.solve_p)
+def _call(em, e):
+    _assign(em, e, e.prim.cpu([em.n(a) for a in e.inputs], e.p))
