@@ -109,8 +109,11 @@ def vjp(graph, args, out_cts, wrt):
     read = _reader(env)
     cts = {}
 
+    def shape(v):  # sizes of the replayed value (the original graph's size variables are not bound here)
+        return P.shape_of(read(v))
+
     def accumulate(v, c):
-        c = unbroadcast(c, v.aval.shape, v.aval.dtype)
+        c = unbroadcast(c, shape(v), v.aval.dtype)
         cts[v] = c if v not in cts else P.add(cts[v], c)
 
     for a, c in zip(graph.outputs, out_cts):
@@ -124,12 +127,15 @@ def vjp(graph, args, out_cts, wrt):
         if e.prim.vjp is None:
             raise GradjitError(f"{e.loc}: no adjoint rule for primitive '{e.prim.name}'")
         ct_out = [cts.pop(v, None) for v in e.outputs]
+        if e.prim.kind != "elementwise":  # only elementwise rules take lazily broadcast cts
+            ct_out = [c if c is None or P.same_shape(P.shape_of(c), shape(v))
+                      else P.broadcast_to(c, shape(v)) for c, v in zip(ct_out, e.outputs)]
         with location(e.loc):
             if e in residuals:  # the adjoint of a forward hook gets what it saved
                 res = e.prim.vjp_bwd(tuple(ct_out), [read(a) for a in e.inputs],
                                      [read(v) for v in e.outputs], residuals[e], **e.p)
             elif e.prim.multiple_results:
-                ct_out = [c if c is not None else P.zeros(v.aval.shape, v.aval.dtype)
+                ct_out = [c if c is not None else P.zeros(shape(v), v.aval.dtype)
                           for c, v in zip(ct_out, e.outputs)]
                 res = e.prim.vjp(tuple(ct_out), [read(a) for a in e.inputs],
                                  [read(v) for v in e.outputs], **e.p)

@@ -89,7 +89,8 @@ class Emitter:
         args = " ".join(self.n(a) for a in e.inputs)
         ps = " ".join(f"{k}={v!r}" for k, v in e.params if k != "msg")
         loc = f"  ({e.loc})" if e.loc else ""
-        return f"{outs + ' = ' if outs else ''}{e.prim.name} {args} {ps}".rstrip() + loc
+        text = f"{outs + ' = ' if outs else ''}{e.prim.name} {args} {ps}".rstrip() + loc
+        return " ".join(text.split())  # one comment line, whatever the params print
 
     def last_use(self, v, e):
         us = self.uses.get(v, [])
