@@ -89,7 +89,16 @@ def materialize(ct, aval):
     if ct is None:
         return P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0.0, aval.dtype)
     ct = P.cast(ct, aval.dtype) if P.dtype_of(ct) != aval.dtype else ct
-    if not P.same_shape(P.shape_of(ct), aval.shape):
+    cs = P.shape_of(ct)
+    if len(cs) == len(aval.shape) and all(
+            P.same_dim(c, d) or (isinstance(c, Var) and isinstance(d, Var))
+            for c, d in zip(cs, aval.shape)):
+        # sizes known only at run time: equal by a check, not by a copy
+        for c, d in zip(cs, aval.shape):
+            if not P.same_dim(c, d):
+                P.check_eq(c, d, "gradient shape mismatch (internal)")
+        return ct
+    if not P.same_shape(cs, aval.shape):
         ct = P.broadcast_to(ct, aval.shape)
     if not isinstance(ct, Tracer) and aval.shape == ():
         ct = P.cast(ct, aval.dtype)

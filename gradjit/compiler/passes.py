@@ -39,6 +39,12 @@ def cse(graph):
         if subgraphs(e):  # control flow: CSE inside each region, never across its boundary
             eqns.append(map_subgraphs(e, cse))
             continue
+        if e.prim.kind == "check":  # the same run-time check once, with its first message
+            k = ("check", frozenset(_key(a) for a in ins))
+            if k not in seen:
+                seen[k] = ()
+                eqns.append(e)
+            continue
         if e.prim.effect or not getattr(e.prim, "cse", True):  # tapes: each one distinct
             eqns.append(e)
             continue

@@ -102,7 +102,25 @@ def schedule(graph):
                 target.pending.update(e.outputs)
             else:
                 target.produced.update(e.outputs)
+        elif e.prim.kind == "check":
+            items.insert(_earliest(items, e, graph), Stmt(e))
         else:
             items.append(Stmt(e))
     del loops
     return items, dims
+
+
+def _earliest(items, e, graph):
+    """Run-time size checks go as early as their operands allow: before any loop that reads
+    arrays whose sizes they vouch for (loops may have absorbed later equations)."""
+    need = {a for a in e.inputs if isinstance(a, Var)} - set(graph.input_dims())
+    pos = len(items)
+    while pos > 0:
+        it = items[pos - 1]
+        outs = it.produced | it.pending if isinstance(it, Loop) else set(it.eqn.outputs)
+        if outs & need:
+            break
+        pos -= 1
+    while pos < len(items) and isinstance(items[pos], Stmt) and items[pos].eqn.prim.kind == "check":
+        pos += 1  # keep checks in program order
+    return pos
