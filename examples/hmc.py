@@ -24,11 +24,11 @@ def make_sampler(grad_kernel):
         for k in range(n):
             p = np.random.standard_normal(x.size)
             xn, pn = x.copy(), p.copy()
-            pn = pn + 0.5 * eps * grad_kernel(xn, prec, mean)[0]
+            pn = pn + 0.5 * eps * grad_kernel(xn, prec, mean)
             for _ in range(1 + np.random.randint(steps)):  # jittered: no resonance
                 xn = xn + eps * pn
-                pn = pn + eps * grad_kernel(xn, prec, mean)[0]
-            pn = pn - 0.5 * eps * grad_kernel(xn, prec, mean)[0]
+                pn = pn + eps * grad_kernel(xn, prec, mean)
+            pn = pn - 0.5 * eps * grad_kernel(xn, prec, mean)
             d0, d1 = x - mean, xn - mean
             h0 = 0.5 * d0 @ prec @ d0 + 0.5 * p @ p
             h1 = 0.5 * d1 @ prec @ d1 + 0.5 * pn @ pn

@@ -270,7 +270,9 @@ class Transformed:
     def __call__(self, *args):
         # The hot path: a key from the arguments' types (arrays: dtype, rank, unit axes),
         # one dict lookup, one numba call.
-        key = tuple([_array_key(a) if type(a) is _ndarray else type(a) for a in args])
+        key = tuple(map(type, args))
+        if _ndarray in key:
+            key = tuple([_array_key(a) if t is _ndarray else t for a, t in zip(args, key)])
         entry = self.cache.get(key)
         if entry is None or self.static_argnums or entry.guards:
             if self.static_argnums or any(t in _TREES for t in key):
@@ -285,9 +287,10 @@ class Transformed:
             _stats.hits += 1
         if entry.has_0d:
             args = [prepare(a) for a in args]
-        if entry.captures:
-            return entry.post(entry.kernel(*args, *[c.get() for c in entry.captures]))
-        return entry.post(entry.kernel(*args))
+        out = entry.kernel(*args, *[c.get() for c in entry.captures]) if entry.captures \
+            else entry.kernel(*args)
+        post = entry.post
+        return out if post is None else post(out)
 
     def _call_tree(self, args):
         static = {k: args[k] for k in self.static_argnums if k < len(args)}
@@ -306,7 +309,8 @@ class Transformed:
         else:
             _stats.hits += 1
         flat = [prepare(x) for x in leaves]
-        return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
+        out = entry.kernel(*flat, *[c.get() for c in entry.captures])
+        return out if entry.post is None else entry.post(out)
 
     # -- compiling -----------------------------------------------------------------------------
 
@@ -314,7 +318,7 @@ class Transformed:
         """The compiled kernel for the signature of ``args``, as a numba dispatcher that the
         user's own ``@njit`` code can call with no Python in between. It takes the flattened
         arguments (then any arrays the function reads from globals, in ``.captured_names``)
-        and returns a tuple of the flattened results."""
+        and returns the result (a tuple when there are several)."""
         entry = self.cache.get(("numba",) + tuple(map(arg_key, args)))
         if entry is None:
             entry = Lowered(self, args).compile()
@@ -330,7 +334,7 @@ class Transformed:
         whole optimisation loop compiles into one kernel)."""
         if kwargs:
             raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
-        if self.kind in ("vjp", "jacobian"):
+        if self.kind == "vjp":
             raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
         static = {k: args[k] for k in self.static_argnums if k < len(args)}
         traced = trace(self.fun, args, static)
@@ -441,7 +445,30 @@ def transform_graph(tf, traced, args, static):
     if kind == "vjp":
         wrt = list(range(len(g.inputs) - len(traced.captures)))
         return vjp_graph(traced, wrt), None
+    if kind == "vmap":  # the batching happened while tracing (batching.Batched._gj_inline)
+        return g, lambda outs: pytree.unflatten(out_tree, outs)
+    if kind == "jacobian":
+        return _jacobian_transform(tf, traced, args, static)
     raise GradjitError(f"{kind} cannot be used here")
+
+
+# -- vmap / jacobian (batching.py) -------------------------------------------------------------
+
+
+def _jacobian_transform(tf, traced, args, static):
+    """The Jacobian as an IR transform (the vjp batched over an identity cotangent), so it
+    composes like every other transform; one entry per output leaf, each like ``argnums``."""
+    from ..compiler.batching import jacobian_graph
+    wrt, groups = tf._wrt(args, static)
+    graph = jacobian_graph(traced, wrt, vjp_graph)
+    single = not isinstance(tf.argnums, (tuple, list))
+    out_tree, n = traced.out_tree, len(wrt)
+
+    def assemble(outs):
+        per_out = [_regroup(outs[k * n:(k + 1) * n], groups, single)
+                   for k in range(len(outs) // max(n, 1))]
+        return pytree.unflatten(out_tree, per_out)
+    return graph, assemble
 
 
 def _regroup(flat, groups, single):
@@ -470,9 +497,6 @@ class Lowered:
             raise GradjitError("target='cuda' is not available yet")
         self.target = target
         what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
-        if kind == "jacobian":
-            self._lower_jacobian(args, static, what)
-            return
         graph, self.assemble = transform_graph(tf, self.traced, args, static)
         if DEBUG >= 3:
             verify(graph)
@@ -500,7 +524,7 @@ class Lowered:
         prim, caps = names[:n_in], names[n_in:]
         odt = out.aval.dtype
         lines = ["", "@numba.njit(cache=True)", f"def kernel({', '.join(names)}):",
-                 f"    out = forward({', '.join(names)})[0]"]
+                 f"    out = forward({', '.join(names)})"]
         if out.aval.ndim:
             lines += ["    m = out.size", f"    ct = np.zeros(m, np.{odt})"]
         else:
@@ -534,7 +558,8 @@ class Lowered:
                 rets.append(f"{jn}[0, 0]")
             else:
                 rets.append(f"{jn}.reshape({oshape} + {ishape})")
-        lines.append(f"    return ({', '.join(rets)},)")
+        lines.append(f"    return {rets[0]}" if len(rets) == 1 else f"    return ({', '.join(rets)})")
+        self._result_avals = [P.Aval(x.aval.dtype, out.aval.shape + x.aval.shape) for _, x in jac]
         self.source = (cpu.emit_source(fwd, what=what, target=self.target, fname="forward")
                        + "\n" + cpu.emit_source(body, what, self.target, fname="vjp_body",
                                                 header=False)
@@ -596,30 +621,41 @@ class Lowered:
         e.source = self.source
         e.traced = self.traced.graph
         e.optimized = self.optimized
-        convs = [_converter(a) for a in self.optimized.outputs]
+        convs = [_converter(a) for a in self.result_avals()]
         assemble = self.assemble
         e.n_out = len(convs)
-        if assemble is None:
-            e.post = lambda out: tuple(c(o) for c, o in zip(convs, out))
-        elif len(convs) == 1 and assemble is not None and self.tf.kind == "grad" \
-                and not isinstance(self.tf.argnums, (tuple, list)) and not self.tf.has_aux \
-                and self.traced.graph.inputs and _single_leaf(self):
-            c0 = convs[0]
-            e.post = lambda out: c0(out[0])
-        else:
-            e.post = lambda out: assemble([c(o) for c, o in zip(convs, out)])
+        e.post = _post(convs, assemble)
         return e
 
+    def result_avals(self):
+        """Avals of what the kernel returns (a bare value when there is one result)."""
+        return getattr(self, "_result_avals", None) or [a.aval for a in self.optimized.outputs]
 
-def _single_leaf(low):
-    return True
+
+def _post(convs, assemble):
+    """Turn the kernel's return value into the transform's result; None when it already is."""
+    if len(convs) == 1:
+        c0 = convs[0]
+        if assemble is None:
+            return lambda out: (c0(out),)
+        probe = object()
+        try:
+            direct = assemble([probe]) is probe
+        except Exception:
+            direct = False
+        if direct:
+            return None if c0 is _identity else c0
+        return lambda out: assemble([c0(out)])
+    if assemble is None:
+        return lambda out: tuple(c(o) for c, o in zip(convs, out))
+    return lambda out: assemble([c(o) for c, o in zip(convs, out)])
 
 
 def _converter(a):
     """Rank-0 results come back from numba as Python numbers: give them the IR's dtype."""
-    if a.aval.ndim:
+    if a.ndim:
         return _identity
-    return np.dtype(a.aval.dtype).type
+    return np.dtype(a.dtype).type
 
 
 def _identity(x):

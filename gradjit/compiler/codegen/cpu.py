@@ -114,7 +114,7 @@ class Emitter:
                 rets.append(f"{self.n(a)}.copy()")  # never hand back a view of an input
             else:
                 rets.append(self.n(a))
-        self.emit(f"return ({', '.join(rets)}{',' if len(rets) == 1 else ''})")
+        self.emit(f"return {rets[0]}" if len(rets) == 1 else f"return ({', '.join(rets)})")
         deco = ""
         if self.jit:
             par = ", parallel=True" if self.target == "parallel" else ""
