@@ -1,14 +1,17 @@
 """Timing and tables, independent of what is being timed.
 
 `measure` times a set of zero-argument thunks *interleaved*: each round calls every
-contestant once (in a rotating order), so slow drifts of the machine (frequency, other
-processes, memory state) hit all contestants alike. Fast thunks are called k times per
-sample so that one sample is long enough for the clock. The result is the median per call, plus the CPU time
-per wall time of the contestant run alone (about 1 when single-threaded; jax uses every core
-for large elementwise ops and cannot be limited to one except by CPU affinity).
+contestant once, in a fresh random order, so slow drifts of the machine (frequency, other
+processes, memory state) hit all contestants alike. (A fixed or rotating order is not
+enough: on a loaded machine, which contestant follows which was seen to skew results by
+30%, consistently in favour of one position.) Fast thunks are called k times per sample so
+that one sample is long enough for the clock. The result is the median per call, plus the
+CPU time per wall time of the contestant run alone (about 1 when single-threaded; jax uses
+every core for large elementwise ops and cannot be limited to one except by CPU affinity).
 """
 
 import gc
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -83,6 +86,7 @@ def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
     Returns {name: Cell or the exception it raised}. The number of rounds is what fits in
     `budget_s`, clamped to [min_samples, max_samples].
     """
+    rng = random.Random(0)
     out = {}
     reps = {}
     for name, thunk in thunks.items():
@@ -113,9 +117,10 @@ def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for r in range(rounds):
-            shift = r % max(1, len(live))
-            for name in live[shift:] + live[:shift]:
+        order = list(live)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
                 if isinstance(out[name], Exception):
                     continue
                 try:

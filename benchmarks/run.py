@@ -143,8 +143,8 @@ def print_header(quick):
         )
         print("           contestants returning big arrays look slower. `make bench` sets it.")
     print(
-        "  timing   median per call, contestants interleaved round-robin after warm-up; "
-        "results checked against numpy"
+        "  timing   median per call; contestants interleaved (random order each round) "
+        "after warm-up; results checked against numpy"
     )
     print(f"  load     {load_note()}")
     print()
@@ -189,7 +189,7 @@ def run_case(case, quick, errors):
     if case.workload.numba_forward is not None:
         fthunks, fwd_cells = prepare(suite.FORWARD, case, args, True, errors)
         thunks.update({("fwd", n): t for n, t in fthunks.items()})
-    budget, min_samples = (1.0, 3) if quick else (8.0, 7)
+    budget, min_samples = (1.0, 3) if quick else (10.0, 9)
     for key, t in measure(thunks, budget, min_samples=min_samples).items():
         cell = Cell(note=errors.note("error", t)) if isinstance(t, Exception) else t
         if isinstance(key, tuple):

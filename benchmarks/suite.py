@@ -48,7 +48,9 @@ class Case:
     def label(self):
         if self.size is None:
             return self.workload.group
-        return f"{self.workload.group} n=1e{len(str(self.size)) - 1}"
+        k = len(str(self.size)) - 1
+        n = f"1e{k}" if self.size == 10**k else str(self.size)
+        return f"{self.workload.group} n={n}"
 
     def args(self):
         return self.workload.make_args(self.size)
