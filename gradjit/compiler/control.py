@@ -91,10 +91,18 @@ def _union(*lists):
 
 
 def used_inputs(graph):
-    """Inputs of ``graph`` that its equations or outputs read."""
-    used = {a for e in graph.eqns for a in e.inputs if isinstance(a, Var)}
-    used.update(a for a in graph.outputs if isinstance(a, Var))
-    return {v for v in graph.inputs if v in used}
+    """Inputs of ``graph`` that its equations or outputs read, as values or as sizes."""
+    used = set()
+    for a in [a for e in graph.eqns for a in e.inputs + e.outputs] + list(graph.outputs):
+        if isinstance(a, Var):
+            used.add(a)
+            used.update(d for d in a.aval.shape if isinstance(d, Var))
+    for v in graph.inputs:
+        if v in used:
+            used.update(d for d in v.aval.shape if isinstance(d, Var))
+    # an input whose size is read is kept too: sizes are bound by the inputs' shapes
+    return {v for v in graph.inputs
+            if v in used or any(isinstance(d, Var) and d in used for d in v.aval.shape)}
 
 
 def _check_outer_dims(region, aval, what):
@@ -105,22 +113,56 @@ def _check_outer_dims(region, aval, what):
                             "known before it"))
 
 
+def make_formals(olds, args, fixed=()):
+    """Fresh formals for a region whose old inputs are ``olds`` (Vars), called on ``args``: a
+    static value is folded in (constant propagation) unless its position is in ``fixed``; the
+    other positions get a formal shaped like their argument (``None``: a formal with the old
+    aval and no operand, the loop index). A size that is itself an operand is named by its
+    formal inside the region, so a region is closed over its sizes too.
+    Returns (formals, their operands, the values to call the old region with, a map from the
+    old region's inputs and sizes to the new ones)."""
+    dimsub, new = {}, [None] * len(args)
+    keep = [a is None or isinstance(a, Tracer) or k in fixed for k, a in enumerate(args)]
+    for k, (old, a) in enumerate(zip(olds, args)):
+        if keep[k] and k not in fixed and isinstance(a, Tracer) and a.ndim == 0 \
+                and a.dtype.kind in "iu":
+            new[k] = dimsub[a.ivar] = Var(Aval(old.aval.dtype, (), old.aval.weak))
+    for k, (old, a) in enumerate(zip(olds, args)):
+        if keep[k] and new[k] is None:
+            shape = old.aval.shape if a is None else _subst_dims(tuple(P.shape_of(a)), dimsub)
+            new[k] = Var(Aval(old.aval.dtype, shape, old.aval.weak))
+    call = [Tracer(new[k]) if keep[k] else a for k, a in enumerate(args)]
+    dmap = {}
+    for old, a, c in zip(olds, args, call):
+        dmap[old] = c.ivar if isinstance(c, Tracer) else c
+        shape = c.aval.shape if isinstance(c, Tracer) else ()
+        for d, nd in zip(old.aval.shape, shape):
+            if isinstance(d, Var):
+                dmap.setdefault(d, nd)
+    formals = [v for v, k in zip(new, keep) if k]
+    operands = [a for a, k in zip(args, keep) if k]
+    return formals, operands, call, dmap
+
+
+def _subst_dims(shape, sub):
+    return tuple(sub.get(d, d) if isinstance(d, Var) else d for d in shape)
+
+
+def _subst(aval, sub):
+    """``aval`` with its sizes mapped through ``sub`` (Vars to Vars, Lits or ints)."""
+    shape = tuple(_static(x) for x in _subst_dims(aval.shape, sub))
+    return aval if shape == aval.shape else aval.update(shape=shape)
+
+
+def _static(x):
+    return x.value if isinstance(x, Lit) else (x.ivar if isinstance(x, Tracer) else x)
+
+
 def instantiate(graphs, args, fixed=(), out_avals=None):
-    """Rebuild region graphs that share their inputs on the values ``args``. A static value is
-    folded into the regions (constant propagation) unless its position is in ``fixed``; the
-    other positions become fresh formals shaped like their argument (``None``: a formal with
-    the old aval and no operand, the loop index). Outputs are fitted to ``out_avals[k]``.
+    """Rebuild region graphs that share their inputs on the values ``args`` (see
+    ``make_formals``); outputs are fitted to ``out_avals[k]`` (avals of the old graph).
     Returns (graphs, formals, the operand of each formal)."""
-    formals, operands, call = [], [], []
-    for k, (old, a) in enumerate(zip(graphs[0].inputs, args)):
-        if a is None or isinstance(a, Tracer) or k in fixed:
-            shape = old.aval.shape if a is None else tuple(P.shape_of(a))
-            v = Var(Aval(old.aval.dtype, shape, old.aval.weak))
-            formals.append(v)
-            operands.append(a)
-            call.append(Tracer(v))
-        else:
-            call.append(a)
+    formals, operands, call, dmap = make_formals(graphs[0].inputs, args, fixed)
     new = []
     for n, g in enumerate(graphs):
         r = Region(formals)
@@ -128,7 +170,7 @@ def instantiate(graphs, args, fixed=(), out_avals=None):
         def run(g=g, n=n):
             outs, _ = ad.replay(g, call)
             if out_avals is not None and out_avals[n] is not None:
-                outs = [fit(o, av) for o, av in zip(outs, out_avals[n])]
+                outs = [fit(o, _subst(av, dmap)) for o, av in zip(outs, out_avals[n])]
             return [atom(o) for o in outs]
         new.append(r.graph(formals, r.trace(run)))
     return new, formals, operands
@@ -215,16 +257,6 @@ def _cond_shape(pred, *ops, branches):
     return tuple(_subst(o.aval, sub) for o in g.outputs)
 
 
-def _subst(aval, sub):
-    if not any(d in sub for d in aval.shape if isinstance(d, Var)):
-        return aval
-    shape = []
-    for d in aval.shape:
-        a = sub.get(d, d) if isinstance(d, Var) else d
-        shape.append(a.value if isinstance(a, Lit) else a)
-    return aval.update(shape=tuple(shape))
-
-
 cond_p = P.primitive("cond", _cond_shape, multiple_results=True)
 
 
@@ -246,6 +278,9 @@ def cond(pred, then_fn, else_fn, merge=None, what="if"):
         if x is not None and y is not None and same_static(x, y):
             result[k] = x
             continue
+        if isinstance(x, (bool, np.bool_)) and isinstance(y, (bool, np.bool_)):
+            result[k] = pred if x else P.logical_not(pred)  # a flag: the predicate itself
+            continue
         avs = [value_aval(v) for v in (x, y) if v is not None]
         av = join(avs[0], avs[-1], what if isinstance(what, str) else what(k))
         for r in (rt, re_):
@@ -265,15 +300,44 @@ def cond(pred, then_fn, else_fn, merge=None, what="if"):
     return finish(result) if finish else result
 
 
+def _cond_regions(e, ops, extra=None, post=None):
+    """The branches of ``e`` rebuilt on ``ops`` (+ ``extra``, an additional operand whose
+    formal ``post(outs, formal)`` may use). Returns (branches, operands)."""
+    branches = e.p["branches"]
+    inner = {}  # the outputs' sizes as the branches name them
+    for x, f in zip(e.inputs[1:], branches[0].inputs):
+        if isinstance(x, Var):
+            inner.setdefault(x, f)
+            for d, fd in zip(x.aval.shape, f.aval.shape):
+                if isinstance(d, Var):
+                    inner.setdefault(d, fd)
+    avals = [_subst(v.aval, inner) for v in e.outputs]
+    olds, args = list(branches[0].inputs), list(ops)
+    if extra is not None:
+        olds.append(Var(extra.aval))
+        args.append(extra)
+    formals, operands, call, dmap = make_formals(olds, args)
+    new = []
+    for g in branches:
+        r = Region(formals)
+
+        def run(g=g):
+            outs, _ = ad.replay(g, call[:len(g.inputs)])
+            outs = [fit(o, _subst(av, dmap)) for o, av in zip(outs, avals)]
+            if post is not None:
+                outs = post(outs, call[-1])
+            return [atom(o) for o in outs]
+        new.append(r.graph(formals, r.trace(run)))
+    return tuple(new), operands
+
+
 def _cond_bind_eqn(e, args):
     pred, ops = args[0], args[1:]
-    branches = e.p["branches"]
     if not isinstance(pred, Tracer):
-        outs, _ = ad.replay(branches[0 if pred else 1], ops)
+        outs, _ = ad.replay(e.p["branches"][0 if pred else 1], ops)
         return tuple(fit(o, v.aval) for o, v in zip(outs, e.outputs))
-    avals = [v.aval for v in e.outputs]
-    graphs, _, operands = instantiate(branches, ops, out_avals=[avals, avals])
-    return bind(cond_p, pred, *operands, branches=tuple(graphs))
+    branches, operands = _cond_regions(e, ops)
+    return bind(cond_p, pred, *operands, branches=branches)
 
 
 def _cond_dce(e, used):
@@ -324,6 +388,7 @@ cond_p.bind_eqn = _cond_bind_eqn
 cond_p.dce_rule = _cond_dce
 cond_p.vjp = _cond_vjp
 cond_p.eval_rule = _cond_eval
+cond_p.rebase = lambda e, k, acc: _cond_rebase(e, k, acc)
 
 
 # =============================================================================================
@@ -362,16 +427,18 @@ def loop_parts(prim, inputs, params):
     return LoopParts(prim, ins[:nr], ins[nr:nr + nc], ins[nr + nc:], graphs, prim.n_index)
 
 
-def _loop_shape(*ins, n_consts, **regions):
-    body = regions["body"]
-    n_index = 1 if "cond" not in regions else 0
-    return tuple(v.aval for v in body.inputs[n_index + n_consts:])
+def _loop_shape(consts, body, n_index):
+    """The carried values' avals, their sizes named as outside the loop."""
+    nc = len(consts)
+    sub = dict(zip(body.inputs[n_index:n_index + nc], consts))
+    return tuple(_subst(v.aval, sub) for v in body.inputs[n_index + nc:])
 
 
-for_p = P.primitive("for", lambda *ins, body, n_consts: _loop_shape(*ins, n_consts=n_consts, body=body),
-                    multiple_results=True, n_range=3, n_index=1, regions=("body",))
-while_p = P.primitive("while", lambda *ins, cond, body, n_consts: _loop_shape(
-    *ins, n_consts=n_consts, cond=cond, body=body),
+for_p = P.primitive(
+    "for", lambda *ins, body, n_consts: _loop_shape(ins[3:3 + n_consts], body, 1),
+    multiple_results=True, n_range=3, n_index=1, regions=("body",))
+while_p = P.primitive(
+    "while", lambda *ins, cond, body, n_consts: _loop_shape(ins[:n_consts], body, 0),
     multiple_results=True, n_range=0, n_index=0, regions=("cond", "body"))
 
 
@@ -510,7 +577,7 @@ def _loop_bind_eqn(e, args):
     nr, ni, nc = len(lp.rng), lp.n_index, len(lp.consts)
     call = [None] * ni + list(lp.consts) + list(lp.inits)
     fixed = set(range(ni)) | set(range(ni + nc, len(call)))
-    carried_avals = [v.aval for v in e.outputs]
+    carried_avals = [v.aval for v in lp.formals()[2]]
     out_avals = [[Aval("bool")], carried_avals] if len(lp.graphs) == 2 else [carried_avals]
     graphs, formals, operands = instantiate(lp.graphs, call, fixed, out_avals)
     n_new = len(formals) - ni - len(lp.inits)
@@ -574,12 +641,11 @@ def _is_tape(aval):
     return aval.dtype.startswith("tape:")
 
 
-def loop_activity(lp, in_active):
+def loop_activity(lp, const_act, init_act):
     """Which carried values carry derivatives: their initial value does, or the body makes them
     depend on an active const or carried value."""
-    nr, nc = len(lp.rng), len(lp.consts)
-    const_act = list(in_active[nr:nr + nc])
-    act = [bool(a) and f.aval.is_float for a, f in zip(in_active[nr + nc:], lp.formals()[2])]
+    const_act = list(const_act)
+    act = [bool(a) and f.aval.is_float for a, f in zip(init_act, lp.formals()[2])]
     _, cf, kf = lp.formals()
     while True:
         src = {f for f, a in zip(cf, const_act) if a} | {f for f, a in zip(kf, act) if a}
@@ -607,6 +673,8 @@ class LoopResidual:
     tapes: list
     count: object  # the trip count (while loops), or None
     lp: LoopParts = None  # the loop, its regions rebuilt on the forward's arguments
+    const_pos: list = None  # the equation's input position of each of lp's consts
+    init_pos: int = 0  # the equation's input position of the first initial value
 
 
 def body_adjoint(lp, const_act, act):
@@ -617,7 +685,7 @@ def body_adjoint(lp, const_act, act):
     ni, nc = lp.n_index, len(lp.consts)
     kf = lp.formals()[2]
     ct_formals = [Var(f.aval.update(weak=False)) for f, a in zip(kf, act) if a]
-    formals = [Var(v.aval) for v in body.inputs] + ct_formals
+    formals = list(body.inputs) + ct_formals  # the body's own inputs: same sizes
     wrt = [ni + j for j in range(nc) if const_act[j]] + \
           [ni + nc + k for k in range(len(act)) if act[k]]
     got = []
@@ -645,24 +713,32 @@ def body_adjoint(lp, const_act, act):
 
 
 def _loop_vjp_fwd(e, args, in_active):
-    lp = loop_parts(e.prim, args, e.params)
-    # the regions, rebuilt on the arguments: their sizes are this graph's
-    ni, nc = lp.n_index, len(lp.consts)
-    call = [None] * ni + list(lp.consts) + list(lp.inits)
-    fixed = set(range(len(call)))
-    graphs, _, _ = instantiate(lp.graphs, call, fixed)
-    lp.graphs = graphs
-    const_act, act = loop_activity(lp, in_active)
+    lp0 = loop_parts(e.prim, args, e.params)
+    ni, nc0, nr = lp0.n_index, len(lp0.consts), len(lp0.rng)
+    # the regions, rebuilt on the arguments (sizes of this graph, static consts folded in)
+    call = [None] * ni + list(lp0.consts) + list(lp0.inits)
+    fixed = set(range(ni)) | set(range(ni + nc0, len(call)))
+    kf0 = lp0.formals()[2]
+    out_avals = ([[Aval("bool")]] if len(lp0.graphs) == 2 else []) + [[v.aval for v in kf0]]
+    graphs, _, _ = instantiate(lp0.graphs, call, fixed, out_avals)
+    const_pos = [nr + j for j, a in enumerate(lp0.consts) if isinstance(a, Tracer)]
+    lp = LoopParts(e.prim, lp0.rng, [args[p] for p in const_pos], lp0.inits, graphs, ni)
+    init_act = in_active[nr + nc0:]
+    const_act, act = loop_activity(lp, [in_active[p] for p in const_pos], init_act)
     if not any(const_act) and not any(act):
         return _rebind(lp), None
     adj, reads, got = body_adjoint(lp, const_act, act)
-    kf = lp.formals()[2]
-    first_carried = ni + nc
-    needed = [k for k in range(len(kf)) if first_carried + k in reads]
+    nc = len(lp.consts)
+    needed = [k for k in range(len(lp.inits)) if ni + nc + k in reads]
+
+    def residual(tapes, count):
+        return LoopResidual(const_act, act, adj, reads, got, needed, tapes, count, lp,
+                            const_pos, nr + nc0)
     if not needed and lp.prim is for_p:
-        return _rebind(lp), LoopResidual(const_act, act, adj, reads, got, [], [], None, lp)
+        return _rebind(lp), residual([], None)
+    outer = _loop_shape(lp.consts, lp.body, ni)  # the carried values' avals out here
     cap = trip_count(*lp.rng) if lp.prim is for_p else 16
-    tapes = [tape_new(cap, kf[k].aval) for k in needed]
+    tapes = [tape_new(cap, outer[k]) for k in needed]
     n = len(lp.inits)
     body = lp.body
 
@@ -677,17 +753,14 @@ def _loop_vjp_fwd(e, args, in_active):
 
     if lp.prim is for_p:
         res = fori(*lp.rng, list(lp.inits) + tapes, aug_body)
-        count = None
-        outs, tps = res[:n], res[n:]
-    else:
-        cond_g = lp.graphs[0]
+        return tuple(res[:n]), residual(list(res[n:]), None)
+    cond_g = lp.graphs[0]
 
-        def aug_cond(*ts):
-            outs, _ = ad.replay(cond_g, list(lp.consts) + list(ts[:n]))
-            return outs
-        res = while_loop(list(lp.inits) + [np.int64(0)] + tapes, aug_cond, aug_body)
-        outs, count, tps = res[:n], res[n], res[n + 1:]
-    return tuple(outs), LoopResidual(const_act, act, adj, reads, got, needed, list(tps), count, lp)
+    def aug_cond(*ts):
+        outs, _ = ad.replay(cond_g, list(lp.consts) + list(ts[:n]))
+        return outs
+    res = while_loop(list(lp.inits) + [np.int64(0)] + tapes, aug_cond, aug_body)
+    return tuple(res[:n]), residual(list(res[n + 1:]), res[n])
 
 
 def _rebind(lp):
@@ -701,10 +774,10 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
     if res is None:
         return (None,) * len(ins)
     lp = res.lp
-    ni, nc, n = lp.n_index, len(lp.consts), len(lp.inits)
-    kf = lp.formals()[2]
+    ni, n = lp.n_index, len(lp.inits)
+    outer = _loop_shape(lp.consts, lp.body, ni)
     active = [k for k in range(n) if res.act[k]]
-    ct0 = [fit(cts[k], kf[k].aval.update(weak=False)) for k in active]
+    ct0 = [fit(cts[k], outer[k].update(weak=False)) for k in active]
     acc_avals = [Aval(P.dtype_of(lp.consts[j]), tuple(P.shape_of(lp.consts[j]))) for j in res.got]
     acc0 = [P.zeros(a.shape, a.dtype) if a.shape else P.cast(0, a.dtype) for a in acc_avals]
     na, ng = len(active), len(acc0)
@@ -731,32 +804,109 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
         rng = (P.sub(res.count, 1), -1, -1)
     final = fori(*rng, ct0 + acc0 + list(res.tapes), body)
     grads = [None] * len(ins)
-    nr = len(lp.rng)
     for j, a in zip(res.got, final[na:na + ng]):
-        grads[nr + j] = a
+        grads[res.const_pos[j]] = a
     for k, c in zip(active, final[:na]):
-        grads[nr + nc + k] = c
+        grads[res.init_pos + k] = c
     return tuple(grads)
 
 
 def accumulate(acc, ct):
-    """``acc + ct``; a cotangent made of indexed updates of zeros (the adjoint of reading
-    ``x[i]``) is applied to ``acc`` instead, so the sum costs the size of the update."""
-    chain = []
-    x = ct
-    while isinstance(x, Tracer):
-        e = P._producer(x.ivar)
-        if e is None or e.prim not in (P.slice_add_p, P.scatter_add_p):
-            break
-        chain.append(e)
-        x = Tracer(e.inputs[0])
-    if chain and isinstance(x, Tracer) and P._is_zeros(x.ivar) and \
-            P.same_shape(P.shape_of(acc), P.shape_of(x)) and P.dtype_of(acc) == P.dtype_of(x):
-        out = acc
-        for e in reversed(chain):
-            out = bind(e.prim, out, *[_tracer(a) for a in e.inputs[1:]], **e.p)
-        return out
+    """``acc + ct``, computed where ``ct`` is made so that the sum costs the size of the update,
+    not of ``acc``: indexed updates of zeros (the adjoint of reading ``x[i]``) are applied to
+    ``acc``; a ``cond`` or loop that produced ``ct`` from zeros is rewritten to start from
+    ``acc``. (Gradients of arrays read inside loops would otherwise cost O(n) per iteration.)"""
+    if ct is None:
+        return acc
+    if isinstance(ct, Tracer) and isinstance(acc, Tracer) and \
+            P.same_shape(acc.aval.shape, ct.aval.shape) and acc.aval.dtype == ct.aval.dtype:
+        x = ct.ivar
+        if P._is_zeros(x):
+            return acc
+        e = P._producer(x)
+        if e is not None and e.prim in (P.slice_add_p, P.scatter_add_p):
+            base = accumulate(acc, Tracer(e.inputs[0]))
+            return bind(e.prim, base, *[_tracer(a) for a in e.inputs[1:]], **e.p)
+        if e is not None and getattr(e.prim, "rebase", None) is not None:
+            out = _rebase(e, x, acc)
+            if out is not None:
+                return out
     return P.add(acc, ct)
+
+
+def _rebase(e, x, acc):
+    """Rewrite, in the builder, the region equation ``e`` so that its output ``x`` (used
+    nowhere yet) becomes ``acc + x``."""
+    from .tracing import current
+    b = current()
+    idx = next((j for j, q in enumerate(b.eqns) if q is e), None)
+    if idx is None or any(x in q.inputs for q in b.eqns[idx + 1:]):
+        return None
+    pe = b.producer.get(acc.ivar)
+    if pe is not None and next((j for j, q in enumerate(b.eqns) if q is pe), -1) > idx:
+        return None
+    new = e.prim.rebase(e, e.outputs.index(x), acc.ivar)
+    if new is None:
+        return None
+    b.eqns[idx] = new
+    for v in new.outputs:
+        b.producer[v] = new
+    return Tracer(x)
+
+
+def _cond_rebase(e, k, acc):
+    def post(outs, af):
+        outs = list(outs)
+        outs[k] = accumulate(af, outs[k])
+        return outs
+    ops = [Tracer(a) if isinstance(a, Var) else a.value for a in e.inputs[1:]]
+    branches, operands = _cond_regions(e, ops, Tracer(acc), post)
+    return e.replace(inputs=(e.inputs[0],) + tuple(atom(o) for o in operands),
+                     params=make_params({"branches": branches}))
+
+
+def _loop_rebase(e, k, acc):
+    """Start carried value ``k`` from ``acc`` instead of zeros when the body only adds to it."""
+    lp = loop_parts(e.prim, e.inputs, e.params)
+    init = lp.inits[k]
+    if not (isinstance(init, Var) and P._is_zeros(init)):
+        return None
+    kf = lp.formals()[2]
+    if not _adds_to(lp.body, kf[k], lp.body.outputs[k]) or \
+            any(kf[k] in q.inputs for q in (lp.graphs[0].eqns if len(lp.graphs) == 2 else ())):
+        return None
+    n0 = len(lp.rng) + len(lp.consts)
+    return e.replace(inputs=e.inputs[:n0 + k] + (acc,) + e.inputs[n0 + k + 1:])
+
+
+def _adds_to(body, f, out):
+    """``out`` is ``f`` plus terms that do not depend on ``f`` (add / indexed updates), and
+    nothing else reads ``f`` or the partial sums."""
+    dep = _depends(body, {f})
+    producer = {v: q for q in body.eqns for v in q.outputs}
+    uses = {}
+    for q in body.eqns:
+        for a in q.inputs:
+            uses[a] = uses.get(a, 0) + 1
+    for a in body.outputs:
+        uses[a] = uses.get(a, 0) + 1
+    v = out
+    while v is not f:
+        q = producer.get(v)
+        if q is None or uses.get(v, 0) != 1 and v is not out:
+            return False
+        if q.prim is P.add_p:
+            chain = [a for a in q.inputs if isinstance(a, Var) and a in dep]
+        elif q.prim in (P.slice_add_p, P.scatter_add_p):
+            chain = [q.inputs[0]] if q.inputs[0] in dep else []
+            if any(isinstance(a, Var) and a in dep for a in q.inputs[1:]):
+                return False
+        else:
+            return False
+        if len(chain) != 1 or chain[0].aval.shape != v.aval.shape:
+            return False
+        v = chain[0]
+    return uses.get(f, 0) == 1
 
 
 def _tracer(a):
@@ -796,6 +946,7 @@ def _while_eval(*rest, cond, body, n_consts):
 
 
 for _p in (for_p, while_p):
+    _p.rebase = _loop_rebase
     _p.vjp_fwd = _loop_vjp_fwd
     _p.vjp_bwd = _loop_vjp_bwd
     _p.vjp = _loop_vjp
@@ -820,7 +971,7 @@ tape_new_p = P.primitive(
     "tape_new", lambda cap, *dims, shape, dtype: (Aval("tape:" + dtype, P._fill_dims(shape, dims)),),
     cse=False, eval_rule=lambda cap, *dims, shape, dtype: ())
 tape_push_p = P.primitive("tape_push", lambda t, v: (t.aval,), inplace=0,
-                          eval_rule=lambda t, v: (t + (np.array(v, copy=True),),))
+                          eval_rule=lambda t, v: t + (np.array(v, copy=True),))
 tape_pop_p = P.primitive("tape_pop", lambda t: (t.aval, _elem_aval(t.aval)),
                          multiple_results=True, eval_rule=lambda t: (t[:-1], t[-1]))
 
@@ -841,33 +992,27 @@ def tape_pop(t):
 
 
 # =============================================================================================
-# Reference evaluator (the test oracle for regions)
+# Reference semantics: regions are closed graphs, run by the reference evaluator
 # =============================================================================================
 
 
 def evaluate(graph, args):
-    """Run ``graph`` on numpy values with each primitive's ``eval_rule`` or ``impl``."""
-    env = {}
-    for v, x in zip(graph.inputs, args):
-        env[v] = x
-        for d, n in zip(v.aval.shape, np.shape(x) if not isinstance(x, tuple) else ()):
-            if isinstance(d, Var):
-                env.setdefault(d, n)
-
-    def read(a):
-        return a.value if isinstance(a, Lit) else env[a]
-    for e in graph.eqns:
-        rule = getattr(e.prim, "eval_rule", None) or e.prim.impl
-        if rule is None:
-            if e.prim.name == "check_eq":
-                continue
-            raise GradjitError(f"no evaluation rule for {e.prim.name}")
-        out = rule(*[read(a) for a in e.inputs], **e.p)
-        outs = out if e.prim.multiple_results else (out,)
-        for v, o in zip(e.outputs, outs):
-            env[v] = o
-    return [read(a) for a in graph.outputs]
+    """Run ``graph`` on numpy values (``reference.evaluate``, which calls the ``eval_rule``s)."""
+    from .reference import evaluate as run
+    return run(graph, *args)
 
 
-__all__ = ["cond", "fori", "while_loop", "trip_count", "cond_p", "for_p", "while_p",
-           "tape_new_p", "tape_push_p", "tape_pop_p", "evaluate", "subgraphs"]
+__all__ = [
+    "cond",
+    "cond_p",
+    "evaluate",
+    "for_p",
+    "fori",
+    "subgraphs",
+    "tape_new_p",
+    "tape_pop_p",
+    "tape_push_p",
+    "trip_count",
+    "while_loop",
+    "while_p",
+]

@@ -94,7 +94,7 @@ def function_node(fn):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class StagedFunction:
     """A def or lambda met inside traced code: interpreted when called."""
 
@@ -280,6 +280,23 @@ def _assigned_names(nodes):
             visit(c)
     for n in nodes:
         visit(n)
+    return out
+
+
+def _mutated_containers(nodes, env):
+    """Names of Python lists/dicts/sets in ``env`` that ``nodes`` change in place."""
+    out = []
+    for n in nodes:
+        for x in ast.walk(n):
+            target = None
+            if isinstance(x, ast.Call) and isinstance(x.func, ast.Attribute) and x.func.attr in (
+                    "append", "extend", "insert", "pop", "remove", "clear", "update", "add",
+                    "setdefault", "popitem", "discard", "sort", "reverse"):
+                target = x.func.value
+            elif isinstance(x, ast.Subscript) and isinstance(x.ctx, (ast.Store, ast.Del)):
+                target = x.value
+            if isinstance(target, ast.Name) and isinstance(env.get(target.id), (list, dict, set)):
+                out.append(target.id)
     return out
 
 
@@ -685,7 +702,8 @@ class Interpreter:
             it = [it[k] for k in range(n)]
         if isinstance(it, DynRange):
             return self._dyn_loop(node, it)
-        if isinstance(it, range) and len(it) > self.MAX_UNROLL:
+        grows = _mutated_containers(node.body, self.frame.locals)  # such loops stay unrolled
+        if isinstance(it, range) and len(it) > self.MAX_UNROLL and not grows:
             return self._dyn_loop(node, DynRange(it.start, it.stop, it.step))
         if not hasattr(it, "__iter__"):
             self.fail(node, f"cannot iterate over {type(it).__name__}")
@@ -740,6 +758,11 @@ class Interpreter:
         over a range (``elem(i)`` gives the target's value), else a `while`."""
         before = self.frame.locals
         where = self.where(node)
+        grows = _mutated_containers(node.body, before)
+        if grows:  # the body is traced more than once: Python-level effects would repeat
+            self.fail(node, f"the loop changes the Python container '{grows[0]}' but runs a "
+                      "number of times known only at run time; build arrays with np.zeros "
+                      "and np.concatenate, or make the trip count static")
         targets = _assigned_names([node.target]) if rng is not None else []
         assigned = _assigned_names(node.body + ([node.test] if rng is None else []))
         state = [n for n in assigned if n not in targets and n in before
@@ -1271,7 +1294,13 @@ def _b_range(interp, node, *args):
     return range(*args)
 
 
+def _b_dunder(pyfn):
+    """Builtins that dispatch to the Tracer's own operators (abs -> __abs__, ...)."""
+    return lambda interp, node, *a, **k: pyfn(*a, **k)
+
+
 _BUILTINS = {
+    abs: _b_dunder(abs), sum: _b_dunder(sum), pow: _b_dunder(pow), divmod: _b_dunder(divmod),
     len: _b_len, float: _b_float, int: _b_int, print: _b_print, isinstance: _b_isinstance,
     min: _b_minmax(P.minimum, min), max: _b_minmax(P.maximum, max), range: _b_range,
 }

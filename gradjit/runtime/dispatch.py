@@ -703,7 +703,7 @@ def _vjp_cache(fun):
         entry = tf.cache.get(key)
         if entry is None or (entry.guards and not entry.guards_ok()):
             _stats.misses += 1
-            entry = _VjpLowered(tf, primals).compile()
+            entry = _VjpLowered(tf, primals, cts).compile()
             tf.cache[key] = entry
         else:
             _stats.hits += 1
@@ -713,4 +713,9 @@ def _vjp_cache(fun):
 
 
 class _VjpLowered(Lowered):
-    pass
+    """The vjp kernel also takes the output cotangents (after the primals)."""
+
+    def __init__(self, tf, primals, cts):
+        super().__init__(tf, primals)
+        self.leaves = self.leaves + list(cts)
+        self.signature = describe(self.leaves)

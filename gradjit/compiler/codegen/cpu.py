@@ -58,6 +58,7 @@ class Emitter:
         self.lines = []
         self.consts = []
         self.fresh = set()  # arrays allocated by the kernel itself (safe to return / mutate)
+        self._post = []  # statements to run after the current loop
         self.uses = {}
         for e in graph.eqns:
             for a in e.inputs:
@@ -245,7 +246,6 @@ class Emitter:
             else:
                 raise GradjitError(f"primitive {e.prim.name} cannot be fused into a loop")
         del in_loop
-        self._post = getattr(self, "_post", [])
         for line in pre:
             self.emit(line)
         depth = 1
@@ -258,8 +258,6 @@ class Emitter:
         for line in self._post:
             self.emit(line)
         self._post = []
-
-    _post = []
 
     def index(self, shape, loop_shape, idx):
         """Index expression of an operand of ``shape`` read inside a loop over ``loop_shape``."""
@@ -324,6 +322,8 @@ def _reshape(em, e):
     rhs = f"np.ascontiguousarray({em.n(x)}).reshape({em.shape_text(v.aval.shape)})"
     if x.aval.ndim == 0:
         rhs = f"np.full({em.shape_text(v.aval.shape)}, {em.n(x)})"
+    elif v.aval.ndim == 0:  # rank-0 values are scalars in kernels
+        rhs = f"np.ascontiguousarray({em.n(x)}).ravel()[0]"
     _assign(em, e, rhs, fresh=False)
 
 
