@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+from .compiler import batching as _batching
 from .compiler import numpy_api
 from .compiler.primitives import stop_gradient as _stop_gradient_op
 from .compiler.tracing import Tracer
@@ -12,7 +13,7 @@ from .runtime import dispatch
 from .runtime.dispatch import cache_info, clear_cache  # noqa: F401
 
 
-def _transform(kind, **defaults):
+def _transform(kind, build=None, **defaults):
     def make(fun=None, **options):
         unknown = set(options) - set(defaults)
         if unknown:
@@ -20,7 +21,7 @@ def _transform(kind, **defaults):
         opts = {**defaults, **options}
         if fun is None:
             return functools.partial(make, **opts)
-        return dispatch.Transformed(fun, kind, **opts)
+        return (build or dispatch.Transformed)(fun, kind, **opts)
     make.__name__ = kind
     return make
 
@@ -35,6 +36,16 @@ value_and_grad.__doc__ = "``(value, gradient)`` of a scalar-output ``fun``."
 
 jacobian = _transform("jacobian", argnums=0, target="auto")
 jacobian.__doc__ = "Jacobian of ``fun``, shape ``out.shape + in.shape``, computed in one kernel."
+
+
+def _build_vmap(fun, kind, in_axes, out_axes, target):
+    return dispatch.Transformed(_batching.Batched(fun, in_axes, out_axes), kind, target=target)
+
+
+vmap = _transform("vmap", build=_build_vmap, in_axes=0, out_axes=0, target="auto")
+vmap.__doc__ = ("``fun`` mapped over an axis of its inputs (``in_axes``: int, None, or a tuple "
+                "per argument; ``out_axes`` likewise per output), as one kernel looping over the "
+                "batch (``prange`` under ``target='parallel'``).")
 
 
 def hessian(fun=None, *, argnums=0, target="auto"):

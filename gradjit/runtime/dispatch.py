@@ -506,67 +506,6 @@ class Lowered:
             print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
         self.source = cpu.emit_source(self.optimized, what=what, target=self.target)
 
-    def _lower_jacobian(self, args, static, what):
-        """Jacobian rows as reverse-mode products with unit cotangents, looped inside one
-        kernel: ``forward`` gives the output's shape, ``vjp_body`` one row per output element."""
-        tf, traced = self.tf, self.traced
-        g = traced.graph
-        if len(g.outputs) != 1:
-            raise GradjitError(f"{traced.loc}: jacobian needs {traced.qualname} to return one array")
-        wrt, groups = tf._wrt(args, static)
-        out = g.outputs[0]
-        body = passes.optimize(vjp_graph(traced, wrt))
-        fwd = passes.optimize(g)
-        self.transformed = body
-        self.optimized = body
-        n_in = len(g.inputs) - len(traced.captures)
-        names = [f"a{k}" for k in range(len(g.inputs))]
-        prim, caps = names[:n_in], names[n_in:]
-        odt = out.aval.dtype
-        lines = ["", "@numba.njit(cache=True)", f"def kernel({', '.join(names)}):",
-                 f"    out = forward({', '.join(names)})"]
-        if out.aval.ndim:
-            lines += ["    m = out.size", f"    ct = np.zeros(m, np.{odt})"]
-        else:
-            lines += ["    m = 1"]
-        jac = []
-        for j, i in enumerate(wrt):
-            x = g.inputs[i]
-            jn = f"J{j}"
-            jac.append((jn, x))
-            size = f"{names[i]}.size" if x.aval.ndim else "1"
-            lines.append(f"    {jn} = np.empty((m, {size}), np.{x.aval.dtype})")
-        lines.append("    for k in range(m):")
-        if out.aval.ndim:
-            lines += ["        ct[k] = 1.0",
-                      f"        res = vjp_body({', '.join(prim)}, ct.reshape(out.shape)"
-                      f"{''.join(', ' + c for c in caps)})", "        ct[k] = 0.0"]
-        else:
-            lines.append(f"        res = vjp_body({', '.join(prim)}, np.{odt}(1.0)"
-                         f"{''.join(', ' + c for c in caps)})")
-        for j, (jn, x) in enumerate(jac):
-            r = f"res[{1 + j}]"
-            if x.aval.ndim:
-                lines.append(f"        {jn}[k, :] = np.ascontiguousarray({r}).ravel()")
-            else:
-                lines.append(f"        {jn}[k, 0] = {r}")
-        rets = []
-        for jn, x in jac:
-            oshape = "out.shape" if out.aval.ndim else "()"
-            ishape = f"{names[g.inputs.index(x)]}.shape" if x.aval.ndim else "()"
-            if not out.aval.ndim and not x.aval.ndim:
-                rets.append(f"{jn}[0, 0]")
-            else:
-                rets.append(f"{jn}.reshape({oshape} + {ishape})")
-        lines.append(f"    return {rets[0]}" if len(rets) == 1 else f"    return ({', '.join(rets)})")
-        self._result_avals = [P.Aval(x.aval.dtype, out.aval.shape + x.aval.shape) for _, x in jac]
-        self.source = (cpu.emit_source(fwd, what=what, target=self.target, fname="forward")
-                       + "\n" + cpu.emit_source(body, what, self.target, fname="vjp_body",
-                                                header=False)
-                       + "\n".join(lines) + "\n")
-        single = not isinstance(tf.argnums, (tuple, list))
-        self.assemble = lambda outs: _regroup(outs, groups, single)
-
     def _numba_compile(self, kernel):
         """Compile (or load from numba's cache) for the argument types of this signature now,
         so that errors surface here and ahead-of-time ``warm`` stores object code."""
@@ -629,7 +568,7 @@ class Lowered:
 
     def result_avals(self):
         """Avals of what the kernel returns (a bare value when there is one result)."""
-        return getattr(self, "_result_avals", None) or [a.aval for a in self.optimized.outputs]
+        return [a.aval for a in self.optimized.outputs]
 
 
 def _post(convs, assemble):

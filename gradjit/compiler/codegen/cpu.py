@@ -167,18 +167,20 @@ class Emitter:
                 return True
             return any(u not in L.eqns for u in self.uses.get(v, []))
 
-        def read(a):
+        def read(a, lead=None):
             if isinstance(a, Lit):
                 return lit_text(a)
             if a in temps:
                 return temps[a]
             if a.aval.ndim == 0:
                 return self.name(a)
-            if a in reads:
-                return reads[a]
+            key = a if lead is None else (a, lead)  # index arrays: the leading loop axes
+            if key in reads:
+                return reads[key]
             t = f"r{len(reads)}_{self.name(a)}"
-            reads[a] = t
-            body.append(f"{t} = {self.name(a)}[{self.index(a.aval.shape, L.shape, idx)}]")
+            reads[key] = t
+            ls = L.shape if lead is None else L.shape[:lead]
+            body.append(f"{t} = {self.name(a)}[{self.index(a.aval.shape, ls, idx[:len(ls)])}]")
             return t
 
         parallel_ok = self.target == "parallel" and rank > 0
@@ -193,8 +195,9 @@ class Emitter:
                         expr = f"np.{e.p['dtype']}({expr})"
                 elif kind == "index":
                     x = e.inputs[0]
-                    ivals = [read(a) for a in e.inputs[1:]]
-                    trail = idx[rank - (x.aval.ndim - len(ivals)):] if x.aval.ndim > len(ivals) else []
+                    lead = rank - max(x.aval.ndim - (len(e.inputs) - 1), 0)
+                    ivals = [read(a, lead) for a in e.inputs[1:]]
+                    trail = idx[lead:]
                     expr = f"{self.name(x)}[{', '.join(ivals + trail)}]"
                 else:
                     expr = self.expr(e, [read(a) for a in e.inputs if _is_data(e, a)], idx)
@@ -238,8 +241,9 @@ class Emitter:
                 else:
                     pre.append(f"{self.name(v)} = {self.name(acc)}.copy()")
                 self.fresh.add(v)
-                ivals = [read(a) for a in e.inputs[2:]]
-                trail = idx[len(idx) - (acc.aval.ndim - len(ivals)):] if acc.aval.ndim > len(ivals) else []
+                lead = len(idx) - max(acc.aval.ndim - (len(e.inputs) - 2), 0)
+                ivals = [read(a, lead) for a in e.inputs[2:]]
+                trail = idx[lead:]
                 body.append(comment)
                 body.append(f"{self.name(v)}[{', '.join(ivals + trail)}] += {read(val)}")
                 parallel_ok = False
