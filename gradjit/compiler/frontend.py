@@ -17,6 +17,7 @@ import builtins
 import linecache
 import math
 import operator
+import os
 import types
 from dataclasses import dataclass, field
 
@@ -36,16 +37,24 @@ _file_asts = {}
 
 
 def _file_ast(filename):
+    try:  # a file edited since it was read (a reloaded module) is parsed again
+        st = os.stat(filename)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None
+    if filename in _file_asts and _file_asts[filename][2] != stamp:
+        linecache.checkcache(filename)
+        del _file_asts[filename]
     if filename not in _file_asts:
         lines = linecache.getlines(filename)
-        if not lines:
-            _file_asts[filename] = None
-        else:
+        parsed = None
+        if lines:
             try:
-                _file_asts[filename] = (ast.parse("".join(lines), filename), "".join(lines))
+                parsed = (ast.parse("".join(lines), filename), "".join(lines))
             except SyntaxError:
-                _file_asts[filename] = None
-    return _file_asts[filename]
+                parsed = None
+        _file_asts[filename] = (parsed, None, stamp)
+    return _file_asts[filename][0]
 
 
 _fn_nodes = {}
