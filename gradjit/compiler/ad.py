@@ -156,5 +156,12 @@ def vjp(graph, args, out_cts, wrt):
                                    f"for {len(e.inputs)} inputs")
             for a, r in zip(e.inputs, res):
                 if r is not None and isinstance(a, Var) and a in active:
+                    if e.outputs and e.prim.kind == "elementwise":
+                        # An operand broadcast by this equation receives the sum of the
+                        # cotangent over the broadcast axes; a lazily broadcast cotangent
+                        # must first stand for every element it represents.
+                        o = shape(e.outputs[0])
+                        if not P.same_shape(shape(a), o) and not P.same_shape(P.shape_of(r), o):
+                            r = P.broadcast_to(r, o)
                     accumulate(a, r)
     return outs, [cts.get(graph.inputs[i]) for i in wrt]

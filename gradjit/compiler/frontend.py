@@ -42,9 +42,10 @@ def _file_ast(filename):
         stamp = (st.st_mtime_ns, st.st_size)
     except OSError:
         stamp = None
+    prev = None
     if filename in _file_asts and _file_asts[filename][2] != stamp:
         linecache.checkcache(filename)
-        del _file_asts[filename]
+        prev = _file_asts.pop(filename)[0]  # functions compiled before the edit live here
     if filename not in _file_asts:
         lines = linecache.getlines(filename)
         parsed = None
@@ -53,8 +54,13 @@ def _file_ast(filename):
                 parsed = (ast.parse("".join(lines), filename), "".join(lines))
             except SyntaxError:
                 parsed = None
-        _file_asts[filename] = (parsed, None, stamp)
+        _file_asts[filename] = (parsed, prev, stamp)
     return _file_asts[filename][0]
+
+
+def _previous_ast(filename):
+    entry = _file_asts.get(filename)
+    return entry[1] if entry else None
 
 
 _fn_nodes = {}
@@ -69,7 +75,16 @@ def function_node(fn):
     if parsed is None:
         raise TraceError(f"cannot read the source of {fn.__qualname__} (defined in "
                          f"{code.co_filename}); gradjit compiles functions defined in files")
-    tree, text = parsed
+    for tree, text in [parsed] + ([_previous_ast(code.co_filename)] if _previous_ast(code.co_filename) else []):
+        found = _find_function(fn, tree)
+        if found is not None:
+            _fn_nodes[code] = (found, text)
+            return _fn_nodes[code]
+    raise TraceError(f"cannot find the source of {fn.__qualname__} in {code.co_filename}")
+
+
+def _find_function(fn, tree):
+    code = fn.__code__
     line = code.co_firstlineno
     cands = []
     for node in ast.walk(tree):
@@ -91,11 +106,10 @@ def function_node(fn):
             named = [c for c in cands if tuple(a.arg for a in c.args.args) == names]
             cands = named or cands
     if not cands:
-        raise TraceError(f"cannot find the source of {fn.__qualname__} in {code.co_filename}")
+        return None
     if isinstance(cands[0], ast.AsyncFunctionDef):
         raise TraceError(f"{code.co_filename}:{line}: async functions cannot be traced")
-    _fn_nodes[code] = (cands[0], text)
-    return _fn_nodes[code]
+    return cands[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,12 +63,12 @@ for _f, _op in [
 
 @implements(np.log2)
 def log2(x):
-    return P.mul(P.log(x), 1.0 / np.log(2.0))
+    return P.mul(P.log(x), float(1.0 / np.log(2.0)))
 
 
 @implements(np.log10)
 def log10(x):
-    return P.mul(P.log(x), 1.0 / np.log(10.0))
+    return P.mul(P.log(x), float(1.0 / np.log(10.0)))
 
 
 @implements(np.exp2)
@@ -155,21 +155,33 @@ def mean(x, axis=None, dtype=None, out=None, keepdims=False):
     (x,), _ = P.promote(x, to_float=True)
     n = P.size_of(x, axes)
     s = P.reduce_sum(x, axis, keepdims)
-    return P.div(s, n) if isinstance(n, Tracer) else P.mul(s, 1.0 / n)
+    y = _div_count(s, n)
+    return P.astype(y, dtype) if dtype is not None else y
+
+
+def _div_count(s, n):
+    """``s / n`` for an element count ``n``, in the float dtype of ``s`` (an int64 count must
+    not promote float32 to float64)."""
+    if isinstance(n, Tracer):
+        return P.div(s, P.cast(n, P.dtype_of(s)))
+    return P.mul(s, 1.0 / n) if n != 0 else P.div(s, float(n))
 
 
 @implements(np.var)
 def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     _no_out(out)
+    (x,), _ = P.promote(x, to_float=True)
     d = P.sub(x, mean(x, axis, keepdims=True))
     axes = P.norm_axes(axis, P.ndim(x))
     n = P.sub(P.size_of(x, axes), ddof)
-    return P.div(P.reduce_sum(P.mul(d, d), axis, keepdims), n)
+    y = _div_count(P.reduce_sum(P.mul(d, d), axis, keepdims), n)
+    return P.astype(y, dtype) if dtype is not None else y
 
 
 @implements(np.std)
 def std(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
-    return P.sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))
+    y = P.sqrt(var(x, axis, ddof=ddof, keepdims=keepdims))
+    return P.astype(y, dtype) if dtype is not None else y
 
 
 def _no_out(out):
@@ -203,7 +215,41 @@ def reshape(x, *shape, order="C", newshape=None):
         shape = (newshape,)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    if len(shape) == 1 and not isinstance(shape[0], (tuple, list)):
+        shape = (shape[0],)
+    _check_reshape(x, shape)
     return P.reshape(x, shape)
+
+
+def _check_reshape(x, shape):
+    """numpy's rule: the new shape holds as many elements as ``x`` (one -1 is inferred).
+    Checked statically when the sizes are known, else at run time."""
+    if P.is_static_scalar(x):
+        return
+    shape = [P._dim_atom(d) if not (isinstance(d, int) and d == -1) else -1 for d in shape]
+    if sum(1 for d in shape if isinstance(d, int) and d == -1) > 1:
+        raise TraceError(at(current_loc(), "reshape: can only specify one unknown dimension (-1)"))
+    total = P.size_of(x, range(P.ndim(x)))
+    known = 1
+    for d in shape:
+        if isinstance(d, int) and d == -1:
+            continue
+        if isinstance(d, int) and d < 0:
+            raise TraceError(at(current_loc(), f"reshape: negative size {d}"))
+        known = P.mul(known, Tracer(d)) if isinstance(d, P.Var) else known * d
+    infer = -1 in [d for d in shape if isinstance(d, int)]
+    src = P.fmt_shape(P.shape_of(x))
+    dst = "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + \
+        (",)" if len(shape) == 1 else ")")
+    msg = at(current_loc(), f"cannot reshape an array of shape {src} into shape {dst}")
+    if isinstance(total, Tracer) or isinstance(known, Tracer):
+        if infer:
+            if not (isinstance(known, int) and known == 1):
+                P.check_eq(P.mod(total, known), 0, msg)
+        else:
+            P.check_eq(total, known, msg)
+    elif (known == 0 or total % known != 0) if infer else total != known:
+        raise P.ShapeError(msg)
 
 
 @implements(np.transpose)
@@ -292,17 +338,17 @@ def array(obj, dtype=None, copy=True, **kw):
         items = [array(o) for o in obj]
         if not any(isinstance(i, Tracer) for i in items):
             return np.array(obj, dtype=dtype)
-        return stack([P.broadcast_to(i, ()) if P.ndim(i) == 0 and not isinstance(i, Tracer)
-                      else i for i in _promote_items(items)], 0) if dtype is None else \
-            P.astype(stack(_promote_items(items), 0), dtype)
+        (*items,), dt = P.promote(*items)
+        parts = []
+        for i in items:  # each item becomes a slice of length 1 along the new leading axis
+            if isinstance(i, Tracer):
+                parts.append(P.reshape(i, (1,) + P.shape_of(i)))
+            else:  # a constant: a small array of the graph
+                c = np.asarray(i, dtype=dt)
+                parts.append(P.lift(c.reshape((1,) + c.shape)))
+        y = P.concatenate(parts, 0)
+        return P.astype(y, dtype) if dtype is not None else y
     return np.array(obj, dtype=dtype)
-
-
-def _promote_items(items):
-    (*items,), _ = P.promote(*items)
-    return [i if isinstance(i, Tracer) else P.full((), i, P.dtype_of(items[0])
-                                                    if isinstance(items[0], Tracer) else "float64")
-            for i in items]
 
 
 @implements(np.zeros_like)
@@ -382,8 +428,11 @@ def split(x, indices_or_sections, axis=0):
     if isinstance(indices_or_sections, int):
         k = indices_or_sections
         size = P.floor_divide(Tracer(n), k) if not isinstance(n, int) else n // k
+        msg = at(current_loc(), "np.split: the array does not split into equal parts")
         if isinstance(n, int) and n % k:
-            raise TraceError(at(current_loc(), "array split does not result in an equal division"))
+            raise P.ShapeError(msg)
+        if not isinstance(n, int):
+            P.check_eq(P.mod(Tracer(n), k), 0, msg)
         bounds = [P.mul(size, j) if isinstance(size, Tracer) else size * j for j in range(k + 1)]
     else:
         bounds = [0] + list(indices_or_sections) + [None]
@@ -392,8 +441,10 @@ def split(x, indices_or_sections, axis=0):
 
 
 @implements(np.cumsum)
-def cumsum(x, axis=None, dtype=None):
-    raise TraceError(at(current_loc(), "np.cumsum is not supported yet"))
+def cumsum(x, axis=None, dtype=None, out=None):
+    _no_out(out)
+    y = P.cumsum(x, axis)
+    return P.astype(y, dtype) if dtype is not None else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,6 +479,180 @@ def vdot(a, b):
 @implements(np.outer)
 def outer(a, b):
     return P.outer(a, b)
+
+
+@implements(np.linalg.det)
+def det(a):
+    return P.det(a)
+
+
+@implements(np.linalg.inv)
+def inv(a):
+    return P.inv(a)
+
+
+@implements(np.linalg.solve)
+def solve(a, b):
+    return P.solve(a, b)
+
+
+@implements(np.tensordot)
+def tensordot(a, b, axes=2):
+    """``np.tensordot`` as an einsum: contract ``axes`` of ``a`` with those of ``b``."""
+    na, nb = P.ndim(a), P.ndim(b)
+    if isinstance(axes, (int, np.integer)):
+        k = int(axes)
+        if k < 0 or k > min(na, nb):
+            raise TraceError(at(current_loc(), f"np.tensordot: axes={k} does not fit operands of "
+                                f"rank {na} and {nb}"))
+        ax_a, ax_b = list(range(na - k, na)), list(range(k))
+    else:
+        ax_a, ax_b = axes
+        ax_a = [ax_a] if isinstance(ax_a, (int, np.integer)) else list(ax_a)
+        ax_b = [ax_b] if isinstance(ax_b, (int, np.integer)) else list(ax_b)
+        if len(ax_a) != len(ax_b):
+            raise TraceError(at(current_loc(), "np.tensordot: the two axes lists differ in length"))
+        ax_a = [int(x) % na for x in ax_a]
+        ax_b = [int(x) % nb for x in ax_b]
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    la = [next(letters) for _ in range(na)]
+    lb = [next(letters) for _ in range(nb)]
+    for i, j in zip(ax_a, ax_b):
+        lb[j] = la[i]
+    out = [c for k, c in enumerate(la) if k not in ax_a] + \
+        [c for k, c in enumerate(lb) if k not in ax_b]
+    return _einsum("".join(la), "".join(lb), out=list(out), operands=[a, b])
+
+
+@implements(np.einsum)
+def einsum(subscripts, *operands, optimize=False, **kw):
+    """``np.einsum`` decomposed into transposes, reshapes, diagonals (gathers), sums, products
+    and matrix products; operands are contracted left to right."""
+    if kw:
+        raise TraceError(at(current_loc(), f"np.einsum: arguments {sorted(kw)} are not supported"))
+    if not isinstance(subscripts, str):
+        raise TraceError(at(current_loc(), "np.einsum: only the string form of subscripts is supported"))
+    spec = subscripts.replace(" ", "")
+    ins_text, arrow, out_text = spec.partition("->")
+    terms = ins_text.split(",")
+    if len(terms) != len(operands):
+        raise TraceError(at(current_loc(), f"np.einsum: '{subscripts}' names {len(terms)} operands, "
+                            f"{len(operands)} given"))
+    # '...' becomes fresh upper-case letters, aligned from the right as broadcasting does
+    n_ell = max([P.ndim(x) - len(t.replace("...", "")) for t, x in zip(terms, operands)
+                 if "..." in t] or [0])
+    ell = "".join(chr(ord("Z") - k) for k in range(n_ell))[::-1]
+    labels = []
+    for t, x in zip(terms, operands):
+        if "..." in t:
+            k = P.ndim(x) - len(t.replace("...", ""))
+            t = t.replace("...", ell[n_ell - k:])
+        if len(t) != P.ndim(x) or not t.isalpha():
+            raise TraceError(at(current_loc(), f"np.einsum: subscripts '{subscripts}' do not fit "
+                                f"an operand of rank {P.ndim(x)}"))
+        labels.append(t)
+    if arrow:
+        out = out_text.replace("...", ell)
+    else:
+        counts = {}
+        for t in labels:
+            for c in t:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    if len(set(out)) != len(out) or any(c not in "".join(labels) for c in out):
+        raise TraceError(at(current_loc(), f"np.einsum: bad output subscripts in '{subscripts}'"))
+    ops = [_einsum_diag(t, x) for t, x in zip(labels, operands)]
+    cur_l, cur = ops[0]
+    for k in range(1, len(ops)):
+        nl, nx = ops[k]
+        later = set(out) | {c for t, _ in ops[k + 1:] for c in t}
+        keep = [c for c in dict.fromkeys(cur_l + nl) if c in later]
+        cur = _einsum(cur_l, nl, out=keep, operands=[cur, nx])
+        cur_l = "".join(keep)
+    return _einsum_unary(cur_l, cur, out)
+
+
+def _einsum_diag(t, x):
+    """Labels without repeats: a repeated label takes the diagonal of those axes."""
+    while len(set(t)) != len(t):
+        c = next(c for c in t if t.count(c) > 1)
+        i = t.index(c)
+        j = t.index(c, i + 1)
+        rest = [k for k in range(len(t)) if k not in (i, j)]
+        x = P.transpose(x, [i, j] + rest)
+        n = P.shape_of(x)[0]
+        r = P.arange(Tracer(n) if not isinstance(n, int) else n)
+        if not isinstance(r, Tracer):
+            r = P.lift(r)
+        x = P.gather(x, (r, r))
+        t = c + "".join(t[k] for k in rest)
+    return t, x
+
+
+def _einsum_unary(t, x, out):
+    """Sum the labels not in ``out`` and order the rest as ``out``."""
+    gone = tuple(k for k, c in enumerate(t) if c not in out)
+    if gone:
+        x = P.reduce_sum(x, gone)
+        t = "".join(c for c in t if c in out)
+    return P.transpose(x, [t.index(c) for c in out]) if t != out else x
+
+
+def _einsum(la, lb, out, operands):
+    """Contract two operands with distinct labels each into labels ``out``."""
+    a, b = operands
+    (a, b), _ = P.promote(a, b)
+    la, a = _einsum_diag(la, a)
+    lb, b = _einsum_diag(lb, b)
+    out = "".join(out)
+    # labels of one operand only and not wanted: sum them first
+    a_keep = set(lb) | set(out)
+    b_keep = set(la) | set(out)
+    a = _einsum_unary(la, a, "".join(c for c in la if c in a_keep))
+    la = "".join(c for c in la if c in a_keep)
+    b = _einsum_unary(lb, b, "".join(c for c in lb if c in b_keep))
+    lb = "".join(c for c in lb if c in b_keep)
+    batch = [c for c in la if c in lb and c in out]
+    contr = [c for c in la if c in lb and c not in out]
+    fa = [c for c in la if c not in lb]
+    fb = [c for c in lb if c not in la]
+    sizes = {}
+    for lab, x in ((la, a), (lb, b)):
+        for c, d in zip(lab, P.shape_of(x)):
+            if c in sizes and not (isinstance(d, int) and d == 1):
+                if isinstance(sizes[c], int) and sizes[c] == 1:
+                    sizes[c] = d
+                elif not P.same_dim(sizes[c], d):
+                    if isinstance(d, int) and isinstance(sizes[c], int):
+                        raise P.ShapeError(at(current_loc(), f"np.einsum: label '{c}' has sizes "
+                                              f"{sizes[c]} and {d}"))
+                    P.check_eq(sizes[c], d, at(current_loc(), f"np.einsum: label '{c}' has "
+                                               "different sizes"))
+            elif c not in sizes:
+                sizes[c] = d
+    def unit(x, lab, c):
+        d = P.shape_of(x)[lab.index(c)]
+        return isinstance(d, int) and d == 1
+    if not batch and contr and isinstance(a, Tracer) and isinstance(b, Tracer) \
+            and not any(unit(a, la, c) or unit(b, lb, c) for c in contr):
+        # a matrix product: (free_a, contracted) @ (contracted, free_b)
+        a2 = P.transpose(a, [la.index(c) for c in fa + contr])
+        b2 = P.transpose(b, [lb.index(c) for c in contr + fb])
+        sa, sb = P.shape_of(a2), P.shape_of(b2)
+        m = P.size_of(a2, range(len(fa)))
+        k = P.size_of(a2, range(len(fa), len(fa) + len(contr)))
+        n = P.size_of(b2, range(len(contr), len(contr) + len(fb)))
+        y = P.matmul(P.reshape(a2, (m, k)), P.reshape(b2, (k, n)))
+        y = P.reshape(y, tuple(sa[:len(fa)]) + tuple(sb[len(contr):]))
+        return _einsum_unary("".join(fa + fb), y, out)
+    # otherwise a broadcast product summed over the contracted labels
+    order = batch + fa + fb + contr
+    def expand(x, lab):
+        x = P.transpose(x, [lab.index(c) for c in order if c in lab])
+        s = iter(P.shape_of(x))
+        return P.reshape(x, tuple(next(s) if c in lab else 1 for c in order))
+    y = P.mul(expand(a, la), expand(b, lb))
+    return _einsum_unary("".join(order), y, out)
 
 
 @implements(np.trace)

@@ -593,7 +593,7 @@ def _reducer(prim, bool_to_int=True):
         else:
             y = bind(prim, x, axes=axes)
         if keepdims and axes:
-            y = _expand_back(y, x, axes)
+            y = _expand_back(y, x, axes) if ndim(y) else reshape(y, (1,) * ndim(x))
         return y
     return op
 
@@ -803,9 +803,12 @@ def index(x, idx):
     nd = ndim(x)
     is_ell = [i is Ellipsis for i in idx]
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    if sum(is_ell) > 1:
+        raise TraceError(at(current_loc(), "an index can only have a single ellipsis ('...')"))
     if any(is_ell):
         k = is_ell.index(True)
-        idx = idx[:k] + (slice(None),) * (nd - n_real) + idx[k + 1:]
+        idx = idx[:k] + (slice(None),) * max(nd - n_real, 0) + idx[k + 1:]
+        n_real = max(n_real, nd)
     if n_real > nd:
         raise TraceError(at(current_loc(), f"too many indices ({n_real}) for an array of rank {nd}"))
     idx = idx + (slice(None),) * (nd - n_real)
@@ -929,6 +932,9 @@ def gather(x, idx):
                                     "(its result has a data-dependent shape); use np.where"))
             raise TraceError(at(current_loc(), "indexing with a constant integer array: pass it "
                                 "as an argument or build it with np.arange"))
+        if isinstance(i, Tracer) and i.dtype.kind == "b":
+            raise TraceError(at(current_loc(), "boolean-mask indexing is not supported (its "
+                                "result has a data-dependent shape); use np.where"))
         if not (isinstance(i, Tracer) and i.dtype.kind in "iu"):
             raise TraceError(at(current_loc(), "integer-array indexing must use integer arrays on "
                                 "the leading axes (mixing them with slices is not supported)"))

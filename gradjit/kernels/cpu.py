@@ -1,6 +1,7 @@
 """Helpers that generated CPU kernels call by name (``from gradjit.kernels.cpu import *``)."""
 
 import numba
+import numpy as np
 
 _NONE = -(2 ** 62)  # an omitted slice bound (see primitives.slicelen_p)
 
@@ -21,4 +22,30 @@ def gj_slicelen(n, start, stop, step):
     return max(0, (lo - hi - step - 1) // (-step))
 
 
-__all__ = ["gj_slicelen"]
+@numba.njit(cache=True)
+def gj_cumsum_last(x, reverse):
+    """Running sums along the last axis of ``x`` (from the end when ``reverse``): a new array."""
+    a = np.ascontiguousarray(x)
+    n = a.shape[-1]
+    m = a.size // n if n > 0 else 0
+    flat = a.reshape((m, n))
+    out = np.empty((m, n), a.dtype)
+    for i in range(m):
+        if n == 0:
+            continue
+        if reverse:
+            acc = flat[i, n - 1]
+            out[i, n - 1] = acc
+            for j in range(n - 2, -1, -1):
+                acc += flat[i, j]
+                out[i, j] = acc
+        else:
+            acc = flat[i, 0]
+            out[i, 0] = acc
+            for j in range(1, n):
+                acc += flat[i, j]
+                out[i, j] = acc
+    return out.reshape(a.shape)
+
+
+__all__ = ["gj_cumsum_last", "gj_slicelen"]

@@ -1,0 +1,318 @@
+"""Errors users see (API.md, "Errors"): what is raised, and that it names the user's
+``file.py:line`` and the construct, never a numba traceback."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import gradjit as gj
+
+HERE = os.path.basename(__file__)
+
+
+def line_of(marker):
+    """The line number of this file's line ending with ``# <marker>``."""
+    with open(__file__) as f:
+        for k, text in enumerate(f, 1):
+            if text.rstrip().endswith(f"# <{marker}>"):
+                return k
+    raise LookupError(marker)
+
+
+def where(marker):
+    return f"{HERE}:{line_of(marker)}"
+
+
+def assert_gradjit_error(excinfo):
+    """A deliberate gradjit error, not numba's (no numba exception chained or shown)."""
+    e = excinfo.value
+    assert isinstance(e, gj.GradjitError), f"{type(e).__module__}.{type(e).__name__}: {e}"
+    text = str(e)
+    for numba_words in ("nopython", "Failed in", "numba.core", "TypingError", "During: "):
+        assert numba_words not in text, text
+    cause = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    while cause is not None:
+        assert not type(cause).__module__.startswith("numba"), repr(cause)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unsupported functions and constructs
+# ---------------------------------------------------------------------------------------------
+
+
+def uses_sort(x):
+    y = x * 2
+    return np.sum(np.sort(y))  # <sort>
+
+
+def uses_fft(x):
+    return np.sum(np.fft.fft(x).real)  # <fft>
+
+
+def uses_unknown_method(x):
+    return x.argsort()  # <argsort>
+
+
+@pytest.mark.parametrize("fn, marker, name", [
+    (uses_sort, "sort", "sort"),
+    (uses_fft, "fft", "fft"),
+    (uses_unknown_method, "argsort", "argsort"),
+])
+def test_unsupported_function_names_file_line_and_function(fn, marker, name):
+    for transform in (gj.grad, gj.jit):
+        with pytest.raises(gj.TraceError) as ei:
+            transform(fn)(np.ones(3))
+        assert where(marker) in str(ei.value)
+        assert name in str(ei.value)
+        assert_gradjit_error(ei)
+
+
+def uses_try(x):
+    try:  # <try>
+        y = x * 2
+    except ValueError:
+        y = x
+    return np.sum(y)
+
+
+def uses_with(x):
+    with open(os.devnull):  # <with>
+        y = x * 2
+    return np.sum(y)
+
+
+COUNTER = 0
+
+
+def uses_global(x):
+    global COUNTER  # noqa: PLW0602  # <global>
+    return np.sum(x)
+
+
+def uses_class(x):
+    class Local:  # <class>
+        pass
+    return np.sum(x)
+
+
+@pytest.mark.parametrize("fn, marker, construct", [
+    (uses_try, "try", "try"),
+    (uses_with, "with", "with"),
+    (uses_global, "global", "global"),
+    (uses_class, "class", "class"),
+])
+def test_unsupported_statement_names_the_construct(fn, marker, construct):
+    with pytest.raises(gj.TraceError) as ei:
+        gj.grad(fn)(np.ones(3))
+    assert where(marker) in str(ei.value)
+    assert construct in str(ei.value)
+    assert_gradjit_error(ei)
+
+
+def boolean_mask(x):
+    return np.sum(x[x > 0])  # <mask>
+
+
+def test_boolean_mask_indexing_is_a_trace_error():
+    with pytest.raises(gj.TraceError) as ei:
+        gj.grad(boolean_mask)(np.ones(3))
+    assert where("mask") in str(ei.value) and "np.where" in str(ei.value)
+
+
+def item_assignment(x):
+    y = np.zeros(3)
+    y[0] = x[0]  # <setitem>
+    return np.sum(y)
+
+
+def test_item_assignment_is_a_trace_error():
+    with pytest.raises(gj.TraceError) as ei:
+        gj.grad(item_assignment)(np.ones(3))
+    assert where("setitem") in str(ei.value)
+
+
+def user_raises(x):
+    if x.shape[0] > 2:
+        raise ValueError("too long")  # <raise>
+    return np.sum(x)
+
+
+def test_an_exception_the_function_raises_while_tracing():
+    with pytest.raises(gj.TraceError) as ei:
+        gj.grad(user_raises)(np.ones(3))
+    assert where("raise") in str(ei.value) and "too long" in str(ei.value)
+
+
+def test_source_not_in_a_file():
+    ns = {}
+    exec("import numpy as np\ndef f(x):\n    return np.sum(x)\n", ns)  # noqa: S102
+    with pytest.raises(gj.TraceError) as ei:
+        gj.grad(ns["f"])(np.ones(2))
+    assert "source" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# grad of a non-scalar, argnums, has_aux
+# ---------------------------------------------------------------------------------------------
+
+
+def vector_valued(x):
+    return x * 2
+
+
+def test_grad_of_non_scalar_points_to_vjp_and_jacobian():
+    with pytest.raises(gj.GradjitError) as ei:
+        gj.grad(vector_valued)(np.ones(3))
+    msg = str(ei.value)
+    assert "scalar" in msg and "vjp" in msg and "jacobian" in msg
+    assert_gradjit_error(ei)
+
+
+def test_integer_argument_in_argnums_is_a_type_error():
+    with pytest.raises(TypeError):
+        gj.grad(lambda x, i: np.sum(x) * i, argnums=1)(np.ones(3), 3)
+    with pytest.raises(TypeError):
+        gj.grad(lambda x, i: np.sum(x[i]), argnums=(0, 1))(np.ones(3), np.array([0, 1]))
+    with pytest.raises(TypeError):
+        gj.value_and_grad(lambda n: n * 2.0)(4)
+
+
+def test_argnums_out_of_range():
+    with pytest.raises(gj.GradjitError):
+        gj.grad(lambda x: np.sum(x), argnums=3)(np.ones(3))
+
+
+def test_has_aux_needs_a_pair():
+    with pytest.raises(gj.GradjitError) as ei:
+        gj.grad(lambda x: np.sum(x), has_aux=True)(np.ones(3))
+    assert "has_aux" in str(ei.value)
+
+
+def test_bad_transform_arguments():
+    with pytest.raises(TypeError):
+        gj.grad(42)
+    with pytest.raises(TypeError):
+        gj.grad(lambda x: x, nonsense=True)
+    with pytest.raises(TypeError):
+        gj.jit(lambda x: x)("a string")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape mismatches
+# ---------------------------------------------------------------------------------------------
+
+
+def static_mismatch(x):
+    a = x.reshape(2, 3)
+    b = x.reshape(3, 2)
+    return np.sum(a + b)  # <static>
+
+
+def runtime_mismatch(x, y):
+    return np.sum(x + y)  # <runtime>
+
+
+def matmul_mismatch(a, b):
+    return np.sum(a @ b)  # <matmul>
+
+
+def matmul_static_mismatch(x):
+    return np.sum(x.reshape(2, 3) @ x.reshape(2, 3))  # <matmul-static>
+
+
+def test_static_broadcast_mismatch_is_a_value_error_naming_shapes_and_line():
+    with pytest.raises(ValueError) as ei:
+        gj.grad(static_mismatch)(np.ones(6))
+    assert isinstance(ei.value, gj.GradjitError)
+    msg = str(ei.value)
+    assert "(2, 3)" in msg and "(3, 2)" in msg and where("static") in msg
+    assert_gradjit_error(ei)
+
+
+def test_runtime_broadcast_mismatch_is_a_value_error_naming_the_line():
+    for transform in (gj.grad, gj.jit):
+        f = transform(runtime_mismatch)
+        np.testing.assert_allclose(np.asarray(f(np.ones(3), np.ones(3))),
+                                   np.ones(3) if transform is gj.grad else 6.0)
+        with pytest.raises(ValueError) as ei:
+            f(np.ones(3), np.ones(4))
+        assert isinstance(ei.value, gj.GradjitError)
+        assert where("runtime") in str(ei.value) and "broadcast" in str(ei.value)
+        assert_gradjit_error(ei)
+
+
+@pytest.mark.xfail(strict=True, reason="runtime/dispatch: a size mismatch found in the kernel "
+                   "names the shapes as '(?,) and (?,)', not the actual (3,) and (4,)")
+def test_runtime_broadcast_mismatch_names_the_actual_shapes():
+    with pytest.raises(ValueError) as ei:
+        gj.jit(runtime_mismatch)(np.ones(3), np.ones(4))
+    assert "(3,)" in str(ei.value) and "(4,)" in str(ei.value)
+
+
+def test_matmul_mismatch():
+    with pytest.raises(ValueError) as ei:
+        gj.grad(matmul_mismatch)(np.ones((2, 3)), np.ones((4, 2)))
+    assert isinstance(ei.value, gj.GradjitError) and where("matmul") in str(ei.value)
+    assert_gradjit_error(ei)
+    with pytest.raises(ValueError) as ei:
+        gj.grad(matmul_static_mismatch)(np.ones(6))
+    assert isinstance(ei.value, gj.GradjitError)
+    assert where("matmul-static") in str(ei.value) and "(2, 3)" in str(ei.value)
+
+
+def static_index_out_of_bounds(x):
+    return x.reshape(2, 3)[5, 0]  # <bounds>
+
+
+def test_static_index_out_of_bounds():
+    with pytest.raises(gj.GradjitError) as ei:
+        gj.grad(static_index_out_of_bounds)(np.ones(6))
+    assert where("bounds") in str(ei.value) and "out of bounds" in str(ei.value)
+
+
+def bad_reshape(x):
+    return np.sum(x.reshape(4, -1) * 2)  # <reshape>
+
+
+def test_reshape_of_the_wrong_size():
+    with pytest.raises((gj.GradjitError, ValueError)) as ei:
+        gj.grad(bad_reshape)(np.ones(6))
+    assert isinstance(ei.value, gj.GradjitError)
+    assert where("reshape") in str(ei.value)
+
+
+def unequal_split(x):
+    a, b = np.split(x, 2)  # <split>
+    return np.sum(a * b)
+
+
+def test_unequal_split_at_run_time():
+    f = gj.grad(unequal_split)
+    np.testing.assert_allclose(f(np.arange(4.0)), [2.0, 3.0, 0.0, 1.0])
+    with pytest.raises(ValueError) as ei:
+        f(np.arange(5.0))
+    assert isinstance(ei.value, gj.GradjitError)
+
+
+def linalg_not_square(a):
+    return np.linalg.det(a.reshape(2, 3))  # <det>
+
+
+def test_linalg_of_a_non_square_matrix():
+    with pytest.raises(ValueError) as ei:
+        gj.grad(linalg_not_square)(np.ones(6))
+    assert isinstance(ei.value, gj.GradjitError) and where("det") in str(ei.value)
+
+
+def einsum_bad(x):
+    return np.einsum("ij,jk->ik", x, x.reshape(2, 3))  # <einsum>
+
+
+def test_einsum_size_mismatch():
+    with pytest.raises(ValueError) as ei:
+        gj.jit(einsum_bad)(np.ones((2, 3)))
+    assert isinstance(ei.value, gj.GradjitError) and where("einsum") in str(ei.value)
