@@ -245,8 +245,6 @@ def test_runtime_broadcast_mismatch_is_a_value_error_naming_the_line():
         assert_gradjit_error(ei)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/dispatch: a size mismatch found in the kernel "
-                   "names the shapes as '(?,) and (?,)', not the actual (3,) and (4,)")
 def test_runtime_broadcast_mismatch_names_the_actual_shapes():
     with pytest.raises(ValueError) as ei:
         gj.jit(runtime_mismatch)(np.ones(3), np.ones(4))

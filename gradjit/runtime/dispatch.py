@@ -287,8 +287,11 @@ class Transformed:
             _stats.hits += 1
         if entry.has_0d:
             args = [prepare(a) for a in args]
-        out = entry.kernel(*args, *[c.get() for c in entry.captures]) if entry.captures \
-            else entry.kernel(*args)
+        try:  # free when nothing is raised (Python 3.11+)
+            out = entry.kernel(*args, *[c.get() for c in entry.captures]) if entry.captures \
+                else entry.kernel(*args)
+        except ShapeError as e:
+            raise ShapeError(f"{e} (argument shapes: {_shapes(args)})") from None
         post = entry.post
         return out if post is None else post(out)
 
@@ -309,7 +312,10 @@ class Transformed:
         else:
             _stats.hits += 1
         flat = [prepare(x) for x in leaves]
-        out = entry.kernel(*flat, *[c.get() for c in entry.captures])
+        try:
+            out = entry.kernel(*flat, *[c.get() for c in entry.captures])
+        except ShapeError as e:
+            raise ShapeError(f"{e} (argument shapes: {_shapes(leaves)})") from None
         return out if entry.post is None else entry.post(out)
 
     # -- compiling -----------------------------------------------------------------------------
