@@ -412,11 +412,6 @@ def _hashable(a):
         raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
 
 
-def _to_result(dtype):
-    t = np.dtype(dtype).type
-    return t
-
-
 def transform_graph(tf, traced, args, static):
     """(graph, assemble) of transform ``tf`` applied to a traced function; ``assemble`` turns
     the graph's flat outputs into the transform's result structure."""

@@ -157,7 +157,6 @@ class Emitter:
     def loop(self, L):
         rank = len(L.shape)
         idx = [f"i{k}" for k in range(rank)]
-        in_loop = set(L.produced) | set(L.pending)
         body, pre = [], []
         temps = {}
         reads = {}
@@ -249,7 +248,6 @@ class Emitter:
                 parallel_ok = False
             else:
                 raise GradjitError(f"primitive {e.prim.name} cannot be fused into a loop")
-        del in_loop
         for line in pre:
             self.emit(line)
         depth = 1

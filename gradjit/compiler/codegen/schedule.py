@@ -66,7 +66,6 @@ def schedule(graph):
     """A list of ``Loop`` and ``Stmt`` in an order that respects dependences."""
     dims = Dims(graph)
     items = []
-    loops = []  # open loops, by shape, that later equations may still join
 
     def deps_ok(e, loop):
         return not any(isinstance(a, Var) and a in loop.pending for a in e.inputs)
@@ -106,7 +105,6 @@ def schedule(graph):
             items.insert(_earliest(items, e, graph), Stmt(e))
         else:
             items.append(Stmt(e))
-    del loops
     return items, dims
 
 
