@@ -4,6 +4,8 @@ loops run backwards over a tape). Every check is against a closed form or centra
 and one compile must serve every value and trip count."""
 
 import inspect
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ import gradjit as gj
 from gradjit.compiler import control as C
 from gradjit.compiler.ir import verify
 from gradjit.runtime import dispatch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+from control_flow import energy, newton_sqrt, tutorial  # noqa: E402  the shipped workloads
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,16 +56,6 @@ def line_of(fn, text):
 # The tutorial function (PyTorch autograd tutorial): a while loop and an if on values
 # =============================================================================================
 
-
-def tutorial(a):
-    b = a * 2
-    while np.linalg.norm(b) < 1000:
-        b = b * 2
-    if b.sum() > 0:
-        c = b
-    else:
-        c = 100 * b
-    return c
 
 
 def tutorial_sum(a):
@@ -193,13 +188,6 @@ def test_loop_inside_branch():
 # Element loops
 # =============================================================================================
 
-
-def energy(x):
-    s = 0.0
-    for i in range(x.shape[0] - 1):
-        d = x[i + 1] - x[i]
-        s += d * d + np.cos(x[i])
-    return s
 
 
 def energy_value(x):
@@ -441,12 +429,6 @@ def test_argnums_through_loop():
 # while loops with data-dependent trip counts; tapes
 # =============================================================================================
 
-
-def newton_sqrt(a):
-    x = a
-    while np.abs(x * x - a) > 1e-12 * a:
-        x = 0.5 * (x + a / x)
-    return x
 
 
 def test_newton_sqrt_differentiated_through_iterations():
