@@ -113,3 +113,24 @@ def test_cli_warm_then_inspect(tmp_path):
     assert r.returncode == 0 and "@numba.njit" in r.stdout
     r = _cli("inspect", "model:nope", "--transform", "grad", "--signature", "float64[:]", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+DATA = np.linspace(0.0, 1.0, 5)
+
+
+def weighted(x):
+    return np.sum(DATA * x)
+
+
+def test_global_array_new_dtype_retraces():
+    global DATA
+    g = gj.jit(weighted)
+    x = np.ones(5, np.float32)
+    assert g(x).dtype == np.float64  # float64 data promotes
+    old = DATA
+    try:
+        DATA = old.astype(np.float32)  # same argument signature, new global dtype
+        r = g(x)
+        assert r.dtype == np.float32 and np.isclose(r, old.sum())
+    finally:
+        DATA = old

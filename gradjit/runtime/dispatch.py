@@ -187,7 +187,7 @@ class Entry:
     """One compiled (function, transform, signature): the kernel and how to call it."""
 
     __slots__ = ("kernel", "captures", "guards", "guard_values", "post", "graph", "source",
-                 "traced", "optimized", "n_out", "has_0d")
+                 "traced", "optimized", "n_out", "has_0d", "check")
 
     def guards_ok(self):
         for cap, old in zip(self.guards, self.guard_values):
@@ -274,7 +274,7 @@ class Transformed:
         if _ndarray in key:
             key = tuple([_array_key(a) if t is _ndarray else t for a, t in zip(args, key)])
         entry = self.cache.get(key)
-        if entry is None or self.static_argnums or entry.guards:
+        if entry is None or self.static_argnums or entry.check:
             if self.static_argnums or any(t in _TREES for t in key):
                 return self._call_tree(args)
             if entry is None or not entry.guards_ok():
@@ -307,7 +307,7 @@ class Transformed:
             key_parts.append((tree, tuple(map(arg_key, ls))))
         key = tuple(key_parts)
         entry = self.cache.get(key)
-        if entry is None or (entry.guards and not entry.guards_ok()):
+        if entry is None or (entry.check and not entry.guards_ok()):
             entry = self._compile(key, args)
         else:
             _stats.hits += 1
@@ -555,6 +555,8 @@ class Lowered:
         e.kernel = kernel
         e.captures = self.traced.captures
         e.guards = self.traced.guards
+        # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
+        e.check = bool(e.guards or e.captures)
         e.guard_values = [c.value for c in self.traced.guards]
         e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in self.leaves)
         e.graph = self.optimized
@@ -641,7 +643,7 @@ def _vjp_cache(fun):
         key = (tuple(pytree.flatten(p)[1] for p in primals), tuple(map(arg_key, leaves)),
                tuple(map(arg_key, cts)))
         entry = tf.cache.get(key)
-        if entry is None or (entry.guards and not entry.guards_ok()):
+        if entry is None or (entry.check and not entry.guards_ok()):
             _stats.misses += 1
             entry = _VjpLowered(tf, primals, cts).compile()
             tf.cache[key] = entry
