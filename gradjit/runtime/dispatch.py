@@ -270,9 +270,8 @@ class Transformed:
     def __call__(self, *args):
         # The hot path: a key from the arguments' types (arrays: dtype, rank, unit axes),
         # one dict lookup, one numba call.
-        key = tuple(map(type, args))
-        if _ndarray in key:
-            key = tuple([_array_key(a) if t is _ndarray else t for a, t in zip(args, key)])
+        n = len(args)
+        key = (_KEYS[n] if n < _N_KEYS else _key_fn(n))(args)
         entry = self.cache.get(key)
         if entry is None or self.static_argnums or entry.check:
             if self.static_argnums or any(t in _TREES for t in key):
@@ -391,13 +390,31 @@ class Transformed:
         return wrt, groups
 
 
-_ndarray = np.ndarray
 _TREES = (tuple, list, dict, type(None))
 
 
 def _array_key(a):
-    s = a.shape
-    return (a.dtype, a.ndim, tuple([d == 1 for d in s]) if 1 in s else None)
+    return (a.dtype, tuple([d == 1 for d in a.shape]))
+
+
+def _key_fn(n):
+    """The hot-path key of ``n`` positional arguments: the type of each, and for an array its
+    dtype and rank, with the pattern of unit axes only when it has one (they are static sizes).
+    Generated per arity so that a call builds its key with no loop and no inner function."""
+    names = [f"a{k}" for k in range(n)]
+    lines = [f"def key(args):", f"    {', '.join(names)}{',' if n == 1 else ''} = args"] if n else \
+        ["def key(args):"]
+    for a in names:
+        lines.append(f"    {a} = ({a}.dtype, {a}.ndim) if type({a}) is nd and 1 not in {a}.shape "
+                     f"else (_array_key({a}) if type({a}) is nd else type({a}))")
+    lines.append(f"    return ({', '.join(names)}{',' if n == 1 else ''})")
+    ns = {"nd": np.ndarray, "_array_key": _array_key}
+    exec("\n".join(lines), ns)
+    return ns["key"]
+
+
+_N_KEYS = 9
+_KEYS = [_key_fn(n) for n in range(_N_KEYS)]
 
 
 def _shapes(args):
