@@ -402,7 +402,7 @@ def _key_fn(n):
     dtype and rank, with the pattern of unit axes only when it has one (they are static sizes).
     Generated per arity so that a call builds its key with no loop and no inner function."""
     names = [f"a{k}" for k in range(n)]
-    lines = [f"def key(args):", f"    {', '.join(names)}{',' if n == 1 else ''} = args"] if n else \
+    lines = ["def key(args):", f"    {', '.join(names)}{',' if n == 1 else ''} = args"] if n else \
         ["def key(args):"]
     for a in names:
         lines.append(f"    {a} = ({a}.dtype, {a}.ndim) if type({a}) is nd and 1 not in {a}.shape "
