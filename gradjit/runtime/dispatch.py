@@ -135,6 +135,8 @@ def _name(fun):
 
 
 def _fn_loc(fun):
+    while not hasattr(fun, "__code__") and hasattr(fun, "__wrapped__"):  # nested transforms
+        fun = fun.__wrapped__
     code = getattr(fun, "__code__", None)
     return f"{code.co_filename}:{code.co_firstlineno}" if code else "<unknown>"
 
