@@ -174,3 +174,200 @@ def softmax_xent_grad(W, X, y):
             for a in range(d):
                 GT[j, a] += pj * xi[a]
     return np.ascontiguousarray(GT.T)
+
+
+# =======================================================================================
+# Control flow (L*)
+# =======================================================================================
+
+# L1: the gradient of the `energy` element loop, one pass (each x[i] gets the d/dx of the two
+# terms it appears in).
+
+
+@njit
+def energy_grad(x):
+    n = x.shape[0]
+    g = np.zeros(n)
+    for i in range(n - 1):
+        d2 = 2.0 * (x[i + 1] - x[i])
+        g[i] -= d2 + math.sin(x[i])
+        g[i + 1] += d2
+    return g
+
+
+@njit
+def energy(x):
+    s = 0.0
+    for i in range(x.shape[0] - 1):
+        d = x[i + 1] - x[i]
+        s += d * d + math.cos(x[i])
+    return s
+
+
+# L2: Euler for Lotka-Volterra, d(final state)/d(parameters) by the adjoint method: the
+# forward sweep stores the states (2 x steps floats), one backward sweep carries both rows
+# of the Jacobian.
+
+
+@njit
+def lotka_volterra_jacobian(p, y0, dt, steps):
+    a, b, c, e = p[0], p[1], p[2], p[3]
+    us = np.empty(steps)
+    vs = np.empty(steps)
+    u, v = y0[0], y0[1]
+    for k in range(steps):
+        us[k] = u
+        vs[k] = v
+        du = a * u - b * u * v
+        dv = c * u * v - e * v
+        u += dt * du
+        v += dt * dv
+    # (lu[r], lv[r]): adjoint of (u, v) for output row r; both rows in one backward sweep.
+    lu0, lv0, lu1, lv1 = 1.0, 0.0, 0.0, 1.0
+    J = np.zeros((2, 4))
+    for k in range(steps - 1, -1, -1):
+        u = us[k]
+        v = vs[k]
+        uv = u * v
+        fu, fv, gu, gv = a - b * v, -b * u, c * v, c * u - e  # d(du, dv)/d(u, v)
+        s0, t0, s1, t1 = dt * lu0, dt * lv0, dt * lu1, dt * lv1
+        J[0, 0] += s0 * u
+        J[0, 1] -= s0 * uv
+        J[0, 2] += t0 * uv
+        J[0, 3] -= t0 * v
+        J[1, 0] += s1 * u
+        J[1, 1] -= s1 * uv
+        J[1, 2] += t1 * uv
+        J[1, 3] -= t1 * v
+        lu0, lv0 = lu0 + s0 * fu + t0 * gu, lv0 + s0 * fv + t0 * gv
+        lu1, lv1 = lu1 + s1 * fu + t1 * gu, lv1 + s1 * fv + t1 * gv
+    return J
+
+
+# L3: the Himmelblau descent, scalars in registers.
+
+
+@njit
+def descend(x, lr, steps):
+    x0 = x[0]
+    x1 = x[1]
+    for _ in range(steps):
+        a = x0 * x0 + x1 - 11.0
+        c = x0 + x1 * x1 - 7.0
+        g0 = 4.0 * a * x0 + 2.0 * c
+        g1 = 2.0 * a + 4.0 * c * x1
+        x0 -= lr * g0
+        x1 -= lr * g1
+    out = np.empty(2)
+    out[0] = x0
+    out[1] = x1
+    return out
+
+
+# =======================================================================================
+# Higher order (J*)
+# =======================================================================================
+
+# J1: the 3x3 Jacobian of [x^3 - y^2, y^2 + z^2, z^3 - x^2] at each of N points.
+
+
+@njit
+def cubic_map_jacobians(P):
+    n = P.shape[0]
+    J = np.empty((n, 3, 3))  # every entry written below: one pass over the output
+    for i in range(n):
+        x, y, z = P[i, 0], P[i, 1], P[i, 2]
+        J[i, 0, 0] = 3.0 * x * x
+        J[i, 0, 1] = -2.0 * y
+        J[i, 0, 2] = 0.0
+        J[i, 1, 0] = 0.0
+        J[i, 1, 1] = 2.0 * y
+        J[i, 1, 2] = 2.0 * z
+        J[i, 2, 0] = -2.0 * x
+        J[i, 2, 1] = 0.0
+        J[i, 2, 2] = 3.0 * z * z
+    return J
+
+
+@njit(parallel=True)
+def cubic_map_jacobians_par(P):
+    n = P.shape[0]
+    J = np.empty((n, 3, 3))
+    for i in prange(n):
+        x, y, z = P[i, 0], P[i, 1], P[i, 2]
+        J[i, 0, 0] = 3.0 * x * x
+        J[i, 0, 1] = -2.0 * y
+        J[i, 0, 2] = 0.0
+        J[i, 1, 0] = 0.0
+        J[i, 1, 1] = 2.0 * y
+        J[i, 1, 2] = 2.0 * z
+        J[i, 2, 0] = -2.0 * x
+        J[i, 2, 1] = 0.0
+        J[i, 2, 2] = 3.0 * z * z
+    return J
+
+
+# J2: the Hessian of f(x, w) = (x + 5w)^2 + sin(x w).
+
+
+@njit
+def two_param_hessian(p):
+    x = p[0]
+    w = p[1]
+    s = math.sin(x * w)
+    hxw = 10.0 + math.cos(x * w) - x * w * s
+    H = np.empty((2, 2))
+    H[0, 0] = 2.0 - w * w * s
+    H[0, 1] = hxw
+    H[1, 0] = hxw
+    H[1, 1] = 50.0 - x * x * s
+    return H
+
+
+# J3: the Hessian of -x^T A x / 2 - sum(x^4) / 4: -(A + A^T)/2 - diag(3 x^2).
+
+
+@njit
+def log_density_hessian(x, A):
+    d = x.shape[0]
+    H = np.empty((d, d))
+    for i in range(d):
+        for j in range(d):
+            H[i, j] = -0.5 * (A[i, j] + A[j, i])
+        H[i, i] -= 3.0 * x[i] * x[i]
+    return H
+
+
+# J4: a leapfrog trajectory in the user's own @njit code, parameterised by the gradient it
+# calls: gradjit's numba-callable kernel, or the analytic one below. The analytic gradient
+# uses that A is symmetric (a precision matrix), as a hand-written one would.
+
+
+@njit(fastmath=REDUCE)
+def log_density_grad(x, A):
+    d = x.shape[0]
+    g = np.empty(d)
+    for i in range(d):
+        s = 0.0
+        for j in range(d):
+            s += A[i, j] * x[j]
+        g[i] = -s - x[i] * x[i] * x[i]
+    return g
+
+
+def make_leapfrog(grad):
+    """An @njit leapfrog integrator calling `grad(x, A)`; returns the final (x, p)."""
+
+    @njit
+    def leapfrog(x, p, A, eps, steps):
+        x = x.copy()
+        p = p + 0.5 * eps * grad(x, A)
+        for _ in range(steps):
+            x = x + eps * p
+            p = p + eps * grad(x, A)
+        return x, p - 0.5 * eps * grad(x, A)
+
+    return leapfrog
+
+
+leapfrog = make_leapfrog(log_density_grad)

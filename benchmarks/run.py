@@ -3,8 +3,11 @@
     python benchmarks/run.py [--quick] [--only W1,W3a,...] [--no-cold]
 
 `make bench` runs it with the intended environment (see the Makefile). Prints the machine,
-then per workload the median time per gradient of each contestant and its ratio to the
-hand-written numba kernel, the gradient/forward ratios, and the cold compile times.
+then per workload the median time per call of each contestant and its ratio to the
+hand-written numba kernel, in sections: core (W*: gradients of straight-line numpy), control
+flow (L*: element loops, loops carrying state, a whole descent loop) and higher order (J*:
+batched Jacobians, Hessians, a gradient called from the user's numba code); then the
+gradient/forward ratios and the cold compile times.
 """
 
 import os
@@ -156,16 +159,22 @@ def print_header(quick):
 
 
 def prepare(factories, case, args, forward, errors):
-    """Build, warm up and check each contestant: {name: thunk} plus {name: Cell} notes."""
-    thunks, notes = {}, {}
+    """Build, warm up and check each contestant: {name: thunk} plus {name: Cell} notes, and
+    {name: factor} for the `suite.Scaled` ones."""
+    thunks, notes, factors = {}, {}, {}
     expected = suite.reference(case, args, forward)
     for name, factory in factories.items():
         try:
             thunk = factory(case, args)
+            want = expected
+            if isinstance(thunk, suite.Scaled):
+                want = suite.reference(case, thunk.args, forward)
+                factors[name] = thunk.factor
+                thunk = thunk.thunk
             result = thunk()  # first call: compiles
             thunk()
-        except peers.Unavailable:
-            notes[name] = Cell(note="n/a")
+        except peers.Unavailable as e:
+            notes[name] = Cell(note=errors.note("n/a", str(e)) if str(e) else "n/a")
             continue
         except suite.NotApplicable:
             notes[name] = Cell(note="-")
@@ -173,25 +182,33 @@ def prepare(factories, case, args, forward, errors):
         except Exception as e:  # noqa: BLE001 - gradjit is allowed to fail, per cell
             notes[name] = Cell(note=errors.note("error", e))
             continue
-        wrong = mismatch(result, expected)
+        wrong = mismatch(result, want, rtol=case.workload.rtol)
         if wrong:
             notes[name] = Cell(note=errors.note("wrong", f"{name} {case.label}: {wrong}"))
             continue
         thunks[name] = thunk
-    return thunks, notes
+    return thunks, notes, factors
 
 
 def run_case(case, quick, errors):
-    """Cells for the gradient contestants and, if the workload has one, the forward pass."""
+    """Cells for the contestants and, if the workload has one, the forward pass. Times are
+    per `per_call` unit (J4: per leapfrog step); a scaled contestant's cell is marked "~"."""
     args = case.args()
-    thunks, cells = prepare(suite.CONTESTANTS, case, args, False, errors)
+    thunks, cells, factors = prepare(suite.CONTESTANTS, case, args, False, errors)
     fwd_cells = {}
     if case.workload.numba_forward is not None:
-        fthunks, fwd_cells = prepare(suite.FORWARD, case, args, True, errors)
+        fthunks, fwd_cells, _ = prepare(suite.FORWARD, case, args, True, errors)
         thunks.update({("fwd", n): t for n, t in fthunks.items()})
     budget, min_samples = (1.0, 3) if quick else (10.0, 9)
     for key, t in measure(thunks, budget, min_samples=min_samples).items():
-        cell = Cell(note=errors.note("error", t)) if isinstance(t, Exception) else t
+        if isinstance(t, Exception):
+            cell = Cell(note=errors.note("error", t))
+        else:
+            cell = Cell(
+                seconds=t.seconds * factors.get(key, 1) / case.workload.per_call,
+                cores=t.cores,
+                note="~" if key in factors else "",
+            )
         if isinstance(key, tuple):
             fwd_cells[key[1]] = cell
         else:
@@ -212,13 +229,50 @@ def cold_rows(groups, repeats, errors):
     return rows
 
 
+def tape_bytes(lowered, steps):
+    """Bytes of loop tape in a gradjit kernel, from its optimized IR: every `tape_new` holds one
+    value of its element shape per iteration, and a counted loop allocates its tapes for the
+    trip count up front (so `steps` iterations need exactly this)."""
+    from gradjit.compiler.ir import subgraphs
+
+    total, todo = 0, [lowered.optimized]
+    while todo:
+        graph = todo.pop()
+        for eqn in graph.eqns:
+            todo.extend(subgraphs(eqn))
+            if eqn.prim.name == "tape_new":
+                aval = eqn.outputs[0].aval
+                elem = np.dtype(aval.dtype.removeprefix("tape:")).itemsize
+                if not all(isinstance(d, int) for d in aval.shape):
+                    raise ValueError("a taped value's shape depends on the inputs")
+                total += elem * int(np.prod(aval.shape))
+    return total * steps
+
+
+def tape_note(case):
+    """The tape memory of gradjit's L2 kernel, as a line for under the table."""
+    try:
+        import gradjit as gj
+
+        args = case.args()
+        low = gj.jacobian(case.workload.fn, argnums=case.workload.argnums).lower(*args)
+        nbytes = tape_bytes(low, args[-1])
+    except Exception as e:  # noqa: BLE001 - a note, not a result
+        return f"{case.label}: gradjit tape size unknown ({type(e).__name__}: {e})"
+    return (
+        f"{case.label}: gradjit tapes {nbytes / 2**20:.2f} MiB (from the IR: taped values x "
+        f"steps x itemsize); the hand-written adjoint stores 2 x steps x 8 B = "
+        f"{16 * args[-1] / 2**20:.2f} MiB"
+    )
+
+
 MULTICORE = 1.3  # CPU time / wall time above which a cell is marked as multi-core
 
 
 def fmt_cell(cell, base=None):
     if cell.seconds is None:
         return cell.note
-    text = fmt_time(cell.seconds) + ("*" if cell.cores > MULTICORE else " ")
+    text = cell.note + fmt_time(cell.seconds) + ("*" if cell.cores > MULTICORE else " ")
     if base is None or base.seconds is None:
         return text
     return f"{text} {fmt_ratio(cell.seconds / base.seconds):>5}"
@@ -238,13 +292,18 @@ def main(argv=None):
     print_header(opts.quick)
     errors = Errors()
     names = list(suite.CONTESTANTS)
-    grad_rows, fwd_rows = [], []
+    grad_rows, fwd_rows, section = [], [], None
     for case in suite.cases(opts.quick, only):
         print(f"  running {case.label} ...", file=sys.stderr, flush=True)
+        if case.workload.section != section:
+            section = case.workload.section
+            grad_rows.append([f"-- {section}"] + [""] * len(names))
         cells, fwd = run_case(case, opts.quick, errors)
         base = cells.get(suite.BASELINE)
         grad_rows.append([case.label] + [fmt_cell(cells[n], base) for n in names])
         for name, fcell in fwd.items():
+            if fcell.note == "-":
+                continue
             g = cells.get(name)
             ratio = (
                 ""
@@ -254,7 +313,8 @@ def main(argv=None):
             fwd_rows.append([case.label, name, fmt_cell(fcell), fmt_cell(g) if g else "-", ratio])
 
     print(
-        f"Gradient: median time per call, and ratio to hand-written numba ({suite.BASELINE} = 1x)"
+        "Median time per call (per step for J4), and ratio to hand-written numba "
+        f"({suite.BASELINE} = 1x)"
     )
     print(table(["workload"] + names, grad_rows))
     print()
@@ -265,6 +325,31 @@ def main(argv=None):
         '  -par: multi-core (gradjit target="parallel", numba prange), largest size only;'
         f" *: used more than one core (CPU time / wall time > {MULTICORE})"
     )
+    print(
+        "  jax: jax.jit(jax.grad) for W*; lax.fori_loop for L* (jit(jacrev) for L2); "
+        "vmap(jacfwd) for J1, jax.hessian for J2-J3; jax-rev: vmap(jacrev) for J1"
+    )
+    print(
+        "  torch: torch.func.vmap(jacrev) for J1, torch.autograd.functional.hessian/jacobian "
+        "for J2-J3/L2"
+    )
+    scaled = sorted(
+        {
+            (wl.group, f)
+            for wl in suite.WORKLOADS
+            for _, f in wl.scaled
+            if not only or wl.group in only
+        }
+    )
+    if scaled:
+        print(
+            "  ~: an eager Python loop timed on fewer steps and scaled up linearly ("
+            + ", ".join(f"{g}: 1/{f} of the steps" for g, f in scaled)
+            + ")"
+        )
+    tapes = [tape_note(c) for c in suite.cases(opts.quick, only) if c.workload.group == "L2"]
+    for note in filter(None, tapes):
+        print(f"  {note}")
     if fwd_rows:
         print()
         print("Cheap gradient: gradient time / forward time (target for gradjit: <= 3x)")
