@@ -19,6 +19,11 @@ try:  # control-flow examples need the control-flow front end
     EXTRA = control_flow.ALL
 except Exception:  # pragma: no cover
     EXTRA = []
+try:  # local arrays written element by element
+    import local_arrays  # noqa: E402
+    EXTRA = EXTRA + local_arrays.ALL
+except Exception:  # pragma: no cover
+    pass
 
 
 def close(a, b):

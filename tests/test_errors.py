@@ -124,15 +124,17 @@ def test_boolean_mask_indexing_is_a_trace_error():
 
 
 def item_assignment(x):
-    y = np.zeros(3)
-    y[0] = x[0]  # <setitem>
-    return np.sum(y)
+    x[0] = 2.0 * x[1]  # <setitem>
+    return np.sum(x)
 
 
-def test_item_assignment_is_a_trace_error():
+def test_writing_into_an_argument_is_a_trace_error():
+    # local arrays may be written into (tests/test_local_arrays.py); inputs may not
     with pytest.raises(gj.TraceError) as ei:
         gj.grad(item_assignment)(np.ones(3))
     assert where("setitem") in str(ei.value)
+    assert "must not mutate their inputs" in str(ei.value)
+    assert_gradjit_error(ei)
 
 
 def user_raises(x):

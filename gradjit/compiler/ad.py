@@ -105,6 +105,30 @@ def materialize(ct, aval):
     return ct
 
 
+def _indexed_update_of_zeros(c):
+    """The equation making ``c`` when ``c`` is zeros with a few elements added (the adjoint of
+    reading ``x[i]``), else None."""
+    if not isinstance(c, Tracer):
+        return None
+    e = P._producer(c.ivar)
+    if e is not None and e.prim in (P.slice_add_p, P.scatter_add_p) and P._is_zeros(e.inputs[0]):
+        return e
+    return None
+
+
+def add_cotangents(a, b):
+    """``a + b``; when one is an indexed update of zeros, that update is applied to the other
+    instead, so that an array read element by element in a loop body costs O(1) per read, not a
+    full-size sum."""
+    for x, y in ((a, b), (b, a)):
+        e = _indexed_update_of_zeros(y)
+        if e is not None and isinstance(x, Tracer) and P.same_shape(P.shape_of(x), P.shape_of(y)) \
+                and P.dtype_of(x) == P.dtype_of(y):
+            rest = [Tracer(q) if isinstance(q, Var) else q.value for q in e.inputs[1:]]
+            return P.bind(e.prim, x, *rest, **e.p)
+    return P.add(a, b)
+
+
 def vjp(graph, args, out_cts, wrt):
     """Replay ``graph`` on ``args`` and return (outputs, cotangents of the inputs in ``wrt``).
 
@@ -123,7 +147,7 @@ def vjp(graph, args, out_cts, wrt):
 
     def accumulate(v, c):
         c = unbroadcast(c, shape(v), v.aval.dtype)
-        cts[v] = c if v not in cts else P.add(cts[v], c)
+        cts[v] = c if v not in cts else add_cotangents(cts[v], c)
 
     for a, c in zip(graph.outputs, out_cts):
         if c is not None and isinstance(a, Var) and a in active:

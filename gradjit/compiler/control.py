@@ -39,7 +39,8 @@ from ..errors import GradjitError, ShapeError, TraceError, at
 from . import ad, passes
 from . import primitives as P
 from .ir import Aval, Graph, Lit, Var, make_params, subgraphs
-from .tracing import Builder, Tracer, atom, aval_of, bind, building, current_loc, is_static_scalar
+from .tracing import (Builder, Tracer, atom, aval_of, bind, building, current_loc,
+                      is_static_scalar, location)
 
 # =============================================================================================
 # Regions
@@ -125,7 +126,7 @@ def make_formals(olds, args, fixed=()):
     keep = [a is None or isinstance(a, Tracer) or k in fixed for k, a in enumerate(args)]
     for k, (old, a) in enumerate(zip(olds, args)):
         if keep[k] and k not in fixed and isinstance(a, Tracer) and a.ndim == 0 \
-                and a.dtype.kind in "iu":
+                and not _is_tape(a.aval) and a.dtype.kind in "iu":
             new[k] = dimsub[a.ivar] = Var(Aval(old.aval.dtype, (), old.aval.weak))
     for k, (old, a) in enumerate(zip(olds, args)):
         if keep[k] and new[k] is None:
@@ -675,6 +676,9 @@ class LoopResidual:
     lp: LoopParts = None  # the loop, its regions rebuilt on the forward's arguments
     const_pos: list = None  # the equation's input position of each of lp's consts
     init_pos: int = 0  # the equation's input position of the first initial value
+    # carried arrays written element by element: {slot: its body's writes (``_write_steps``)};
+    # their overwritten elements, indices and branch choices are taped, not the whole array
+    writes: dict = None
 
 
 def body_adjoint(lp, const_act, act):
@@ -707,9 +711,25 @@ def body_adjoint(lp, const_act, act):
     r = Region(formals)
     outs = r.trace(run, *[Tracer(v) for v in formals])
     g = passes.dce(r.graph(formals, outs))
-    used = used_inputs(g)
+    used = _size_only_dropped(g, [f for f in formals if f in used_inputs(g)])
     reads = [k for k, f in enumerate(formals) if f in used]
     return g.replace(inputs=tuple(formals[k] for k in reads)), reads, got
+
+
+def _size_only_dropped(g, kept):
+    """``kept`` less the arrays ``g`` reads only for their sizes when other inputs bind those
+    sizes too (a carried array whose adjoint reads no element of it: nothing to tape)."""
+    values = {a for e in g.eqns for a in e.inputs if isinstance(a, Var)}
+    values |= {a for a in g.outputs if isinstance(a, Var)}
+    kept = list(kept)
+    for f in list(kept):
+        if f in values or not f.aval.ndim:
+            continue
+        others = [x for x in kept if x is not f]
+        bound = set(others) | {d for x in others for d in x.aval.shape if isinstance(d, Var)}
+        if all(not isinstance(d, Var) or d in bound for d in f.aval.shape):
+            kept = others
+    return set(kept)
 
 
 def _loop_vjp_fwd(e, args, in_active):
@@ -730,24 +750,49 @@ def _loop_vjp_fwd(e, args, in_active):
     adj, reads, got = body_adjoint(lp, const_act, act)
     nc = len(lp.consts)
     needed = [k for k in range(len(lp.inits)) if ni + nc + k in reads]
+    kf = lp.formals()[2]
+    writes, tape_avals = {}, []
+    defined = {v for q in lp.body.eqns for v in q.outputs} | set(lp.body.inputs)
+    const_of = dict(zip(lp.formals()[1], lp.consts))
+
+    def invariant(d):
+        """A size the body reads, as a value outside the loop (None: computed inside)."""
+        if d in const_of:
+            return const_of[d]
+        return None if d in defined else Tracer(d)
+
+    for k in needed:
+        mark = len(tape_avals)
+        steps = _write_steps(lp.body, kf[k], lp.body.outputs[k], tape_avals, invariant) \
+            if kf[k].aval.ndim else None
+        if steps:
+            writes[k] = steps
+        else:
+            del tape_avals[mark:]
+    whole = [k for k in needed if k not in writes]
 
     def residual(tapes, count):
         return LoopResidual(const_act, act, adj, reads, got, needed, tapes, count, lp,
-                            const_pos, nr + nc0)
+                            const_pos, nr + nc0, writes)
     if not needed and lp.prim is for_p:
         return _rebind(lp), residual([], None)
     outer = _loop_shape(lp.consts, lp.body, ni)  # the carried values' avals out here
     cap = trip_count(*lp.rng) if lp.prim is for_p else 16
-    tapes = [tape_new(cap, outer[k]) for k in needed]
+    tapes = [tape_new(cap, outer[k]) for k in whole] + [tape_new(cap, a) for a in tape_avals]
     n = len(lp.inits)
     body = lp.body
+    actions = {}  # equation -> what to push before it runs
+    for steps in writes.values():
+        _actions(steps, actions)
 
     def aug_body(*ts):
         pre, carried, tps = ts[:ni], ts[ni:ni + n], ts[ni + n:]
         if lp.prim is while_p:
             count, tps = tps[0], tps[1:]
-        new_tps = [tape_push(t, carried[k]) for t, k in zip(tps, needed)]
-        outs, _ = ad.replay(body, list(pre) + list(lp.consts) + list(carried))
+        new_tps = [tape_push(t, carried[k]) for t, k in zip(tps, whole)]
+        log = _Tapes(tps[len(whole):])
+        outs = _replay_logged(body, list(pre) + list(lp.consts) + list(carried), actions, log)
+        new_tps += log.tapes
         extra = [P.add(count, 1)] if lp.prim is while_p else []
         return list(outs) + extra + new_tps
 
@@ -761,6 +806,227 @@ def _loop_vjp_fwd(e, args, in_active):
         return outs
     res = while_loop(list(lp.inits) + [np.int64(0)] + tapes, aug_cond, aug_body)
     return tuple(res[:n]), residual(list(res[n + 1:]), res[n])
+
+
+# -- arrays written element by element inside a loop ----------------------------------------------
+# Rather than taping a carried array whole at every iteration (O(n) per iteration), the forward
+# loop tapes what each write overwrites (the old elements and the dynamic indices) and, for a
+# write under an `if`, which branch ran; the backward loop carries the array too, from the
+# forward's final value, and undoes each iteration's writes (last first) before applying the
+# body's adjoint, which so sees the array as it was when the iteration began.
+
+
+def _write_steps(graph, f, out, tape_avals, invariant=None):
+    """How ``graph`` makes ``out`` from its input ``f`` by writes, last first, or None:
+    ``("set", q, tapes, sizes)`` a ``slice_set`` (tapes: the old region's, then one per
+    dynamic index; sizes: its region's sizes known at run time, as values outside the loop,
+    which ``invariant`` gives), ``("cond", e, j, (then steps, else steps), tape)`` a ``cond``
+    whose output comes from its operand ``j`` written in its branches (tape: the branch
+    taken). Tapes are positions in ``tape_avals``, which this extends."""
+    producer = {v: q for q in graph.eqns for v in q.outputs}
+    steps, v = [], out
+    while v is not f:
+        q = producer.get(v) if isinstance(v, Var) else None
+        if q is None:
+            return None
+        if q.prim is P.slice_set_p:
+            n_idx = sum(1 for sp in q.p["spec"] for d in sp[1:] if d == P.DYN)
+            size_in = [invariant(d) if invariant is not None else None
+                       for d in q.inputs[2 + n_idx:]]
+            if any(d is None for d in size_in):
+                return None  # a region whose size changes from one iteration to the next
+            pos = list(range(len(tape_avals), len(tape_avals) + 1 + n_idx))
+            dims = iter(_static(d) for d in size_in)
+            region = tuple(next(dims) if d == P.DYN else d for d in q.p["sizes"])
+            tape_avals += [Aval(q.inputs[0].aval.dtype, region)] + [Aval("int64")] * n_idx
+            steps.append(("set", q, pos, size_in))
+            v = q.inputs[0]
+        elif q.prim is cond_p and isinstance(q.inputs[0], Var):
+            k = q.outputs.index(v)
+            brs = q.p["branches"]
+            roots = {_write_root(b, b.outputs[k]) for b in brs}
+            if len(roots) != 1:
+                return None
+            root = roots.pop()
+            j = next((j for j, x in enumerate(brs[0].inputs) if x is root), None)
+            if j is None:
+                return None
+            pred_pos = len(tape_avals)
+            tape_avals.append(Aval("int64"))
+            arms = tuple(_write_steps(b, b.inputs[j], b.outputs[k], tape_avals) for b in brs)
+            if any(a is None for a in arms):
+                return None
+            steps.append(("cond", q, j, arms, pred_pos))
+            v = q.inputs[1 + j]
+        elif q.prim is for_p:
+            k = q.outputs.index(v)
+            inner = loop_parts(for_p, q.inputs, q.params)
+            count_pos = len(tape_avals)
+            tape_avals.append(Aval("int64"))
+            steps_in = _write_steps(inner.body, inner.formals()[2][k], inner.body.outputs[k],
+                                    tape_avals)
+            if not steps_in:
+                return None
+            steps.append(("loop", q, k, steps_in, count_pos))
+            v = inner.inits[k]
+        else:
+            return None
+    return steps
+
+
+def _write_root(graph, v):
+    """The value that the writes making ``v`` start from (a formal of ``graph`` if they are
+    all writes ``_write_steps`` follows)."""
+    producer = {x: q for q in graph.eqns for x in q.outputs}
+    while isinstance(v, Var) and v in producer:
+        q = producer[v]
+        if q.prim is P.slice_set_p:
+            v = q.inputs[0]
+        elif q.prim is for_p:
+            v = loop_parts(for_p, q.inputs, q.params).inits[q.outputs.index(v)]
+        elif q.prim is cond_p:
+            k = q.outputs.index(v)
+            roots = {_write_root(b, b.outputs[k]) for b in q.p["branches"]}
+            formals = q.p["branches"][0].inputs
+            if len(roots) != 1 or roots.copy().pop() not in formals:
+                return v
+            v = q.inputs[1 + list(formals).index(roots.pop())]
+        else:
+            return v
+    return v
+
+
+def _actions(steps, actions):
+    """eqn -> tape positions to push to before it runs (conds, loops: one per array written
+    in them)."""
+    for st in steps:
+        if st[0] == "set":
+            actions[st[1]] = st[2]
+        elif st[0] == "cond":
+            actions.setdefault(st[1], []).append(st[4])
+            for arm in st[3]:
+                _actions(arm, actions)
+        else:
+            actions.setdefault(st[1], []).append(st[4])
+            _actions(st[3], actions)
+
+
+class _Tapes:
+    """The tapes being threaded through a loop body (Tracers, by position)."""
+
+    def __init__(self, tapes):
+        self.tapes = list(tapes)
+
+    def push(self, pos, v):
+        self.tapes[pos] = tape_push(self.tapes[pos], v)
+
+    def pop(self, pos):
+        self.tapes[pos], v = tape_pop(self.tapes[pos])
+        return v
+
+
+def _replay_logged(graph, args, actions, log):
+    """``ad.replay`` that pushes, before each write in ``actions``, what it overwrites, and
+    before each ``cond`` in it, the branch taken (its branches replayed the same way)."""
+    env = {}
+    ad.bind_input_dims(graph, args, env)
+
+    def read(a):
+        return a.value if isinstance(a, Lit) else env[a]
+    for e in graph.eqns:
+        with location(e.loc):
+            ins = [read(a) for a in e.inputs]
+            pos = actions.get(e)
+            if pos is not None and e.prim is P.slice_set_p:
+                old = bind(P.slice_p, ins[0], *ins[2:], **e.p)
+                for p_, v in zip(pos, [old] + ins[2:]):
+                    log.push(p_, v)
+                out = bind(e.prim, *ins, **e.p)
+            elif pos is not None and e.prim is for_p:
+                out = _loop_logged(e, ins, actions, log, pos)
+            elif pos is not None:  # a cond
+                for p_ in pos:
+                    log.push(p_, P.cast(ins[0], "int64"))
+                out = _cond_logged(e, ins, actions, log)
+            else:
+                out = e.prim.bind_eqn(e, ins) if hasattr(e.prim, "bind_eqn") \
+                    else bind(e.prim, *ins, **e.p)
+        outs = out if e.prim.multiple_results else ((out,) if e.outputs else ())
+        for v, o in zip(e.outputs, outs):
+            env[v] = o
+    return [read(a) for a in graph.outputs]
+
+
+def _cond_logged(e, ins, actions, log):
+    pred, ops = ins[0], ins[1:]
+    n_out = len(e.outputs)
+
+    def arm(g):
+        def fn():
+            saved = list(log.tapes)
+            outs = _replay_logged(g, list(ops), actions, log)
+            res = list(outs) + list(log.tapes)  # cond joins the branches' avals
+            log.tapes = saved
+            return res
+        return fn
+    res = cond(pred, arm(e.p["branches"][0]), arm(e.p["branches"][1]))
+    log.tapes = list(res[n_out:])
+    return tuple(res[:n_out])
+
+
+def _loop_logged(e, ins, actions, log, count_pos):
+    """A nested ``for`` whose body writes into the array: the trip count is taped, and the
+    body's writes are logged at every iteration (the tapes carried through it)."""
+    lp = loop_parts(for_p, ins, e.params)
+    n = len(lp.inits)
+    trip = trip_count(*lp.rng)
+    for p_ in count_pos:
+        log.push(p_, trip)
+
+    def body_fn(i, *st):
+        saved, log.tapes = log.tapes, list(st[n:])
+        outs = _replay_logged(lp.body, [i] + list(lp.consts) + list(st[:n]), actions, log)
+        res = list(outs) + list(log.tapes)
+        log.tapes = saved
+        return res
+    res = fori(*lp.rng, list(lp.inits) + list(log.tapes), body_fn)
+    log.tapes = list(res[n:])
+    return tuple(res[:n])
+
+
+def _undo_writes(steps, x, log):
+    """``x`` with the writes ``steps`` undone (their old values popped from the tapes)."""
+    for st in steps:
+        if st[0] == "set":
+            q, pos, size_in = st[1], st[2], st[3]
+            popped = [log.pop(p_) for p_ in pos]
+            x = bind(P.slice_set_p, x, *popped, *size_in, **q.p)
+            continue
+        if st[0] == "loop":  # undo the nested loop's iterations, last first
+            inner, count = st[3], log.pop(st[4])
+
+            def undo_body(j, y, *tps, inner=inner):
+                saved, log.tapes = log.tapes, list(tps)
+                res = [_undo_writes(inner, y, log)] + list(log.tapes)
+                log.tapes = saved
+                return res
+            res = fori(0, count, 1, [x] + list(log.tapes), undo_body)
+            x, log.tapes = res[0], list(res[1:])
+            continue
+        _, _, _, arms, pred_pos = st
+        taken = log.pop(pred_pos)
+
+        def arm(steps_b, x=x):
+            def fn():
+                saved = list(log.tapes)
+                y = _undo_writes(steps_b, x, log)
+                res = [y] + list(log.tapes)
+                log.tapes = saved
+                return res
+            return fn
+        res = cond(P.ne(taken, 0), arm(arms[0]), arm(arms[1]))
+        x, log.tapes = res[0], list(res[1:])
+    return x
 
 
 def _rebind(lp):
@@ -781,19 +1047,33 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
     acc_avals = [Aval(P.dtype_of(lp.consts[j]), tuple(P.shape_of(lp.consts[j]))) for j in res.got]
     acc0 = [P.zeros(a.shape, a.dtype) if a.shape else P.cast(0, a.dtype) for a in acc_avals]
     na, ng = len(active), len(acc0)
+    writes = res.writes or {}
+    whole = [k for k in res.needed if k not in writes]
+    # an array written element by element runs backwards too: it starts as the forward's
+    # final value and each iteration puts back the elements that iteration overwrote
+    arr0 = [fit(outs[k], outer[k]) for k in writes]
+    nw = len(arr0)
 
     def body(i, *st):
-        cts_k, accs, tps = st[:na], st[na:na + ng], st[na + ng:]
+        cts_k, accs, arrs, tps = st[:na], st[na:na + ng], st[na + ng:na + ng + nw], \
+            st[na + ng + nw:]
         vals, new_tps = {}, []
-        for k, t in zip(res.needed, tps):
+        for k, t in zip(whole, tps):
             t2, v = tape_pop(t)
             new_tps.append(t2)
             vals[k] = v
+        log = _Tapes(tps[len(whole):])
+        new_arrs = []
+        for (k, steps), x in zip(writes.items(), arrs):
+            x = _undo_writes(steps, x, log)
+            vals[k] = x
+            new_arrs.append(x)
+        new_tps += log.tapes
         full = [i] * ni + list(lp.consts) + [vals.get(k) for k in range(n)] + list(cts_k)
         outs, _ = ad.replay(res.adjoint, [full[p] for p in res.reads])
         const_cts, carried_cts = outs[:ng], outs[ng:]
         new_accs = [fit(accumulate(a, c), av) for a, c, av in zip(accs, const_cts, acc_avals)]
-        return list(carried_cts) + new_accs + new_tps
+        return list(carried_cts) + new_accs + new_arrs + new_tps
 
     if lp.prim is for_p:
         start, stop, step = lp.rng
@@ -802,7 +1082,7 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
         rng = (last, P.sub(start, step), P.neg(step))
     else:
         rng = (P.sub(res.count, 1), -1, -1)
-    final = fori(*rng, ct0 + acc0 + list(res.tapes), body)
+    final = fori(*rng, ct0 + acc0 + arr0 + list(res.tapes), body)
     grads = [None] * len(ins)
     for j, a in zip(res.got, final[na:na + ng]):
         grads[res.const_pos[j]] = a
@@ -811,11 +1091,12 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
     return tuple(grads)
 
 
-def accumulate(acc, ct):
+def accumulate(acc, ct, chain=()):
     """``acc + ct``, computed where ``ct`` is made so that the sum costs the size of the update,
     not of ``acc``: indexed updates of zeros (the adjoint of reading ``x[i]``) are applied to
     ``acc``; a ``cond`` or loop that produced ``ct`` from zeros is rewritten to start from
-    ``acc``. (Gradients of arrays read inside loops would otherwise cost O(n) per iteration.)"""
+    ``acc``. (Gradients of arrays read inside loops would otherwise cost O(n) per iteration.)
+    ``chain``: the indexed updates already being rebuilt on top of ``ct`` (left dead)."""
     if ct is None:
         return acc
     if isinstance(ct, Tracer) and isinstance(acc, Tracer) and \
@@ -825,22 +1106,25 @@ def accumulate(acc, ct):
             return acc
         e = P._producer(x)
         if e is not None and e.prim in (P.slice_add_p, P.scatter_add_p):
-            base = accumulate(acc, Tracer(e.inputs[0]))
+            base = accumulate(acc, Tracer(e.inputs[0]), chain + (e,))
             return bind(e.prim, base, *[_tracer(a) for a in e.inputs[1:]], **e.p)
         if e is not None and getattr(e.prim, "rebase", None) is not None:
-            out = _rebase(e, x, acc)
+            out = _rebase(e, x, acc, chain)
             if out is not None:
                 return out
     return P.add(acc, ct)
 
 
-def _rebase(e, x, acc):
+def _rebase(e, x, acc, chain=()):
     """Rewrite, in the builder, the region equation ``e`` so that its output ``x`` (used
-    nowhere yet) becomes ``acc + x``."""
+    nowhere yet, but by the indexed updates ``chain`` that are being rebuilt on it) becomes
+    ``acc + x``."""
     from .tracing import current
     b = current()
     idx = next((j for j, q in enumerate(b.eqns) if q is e), None)
-    if idx is None or any(x in q.inputs for q in b.eqns[idx + 1:]):
+    tainted = {x} | {v for q in chain for v in q.outputs}
+    if idx is None or any(any(a in tainted for a in q.inputs) for q in b.eqns[idx + 1:]
+                          if not any(q is c for c in chain)):
         return None
     pe = b.producer.get(acc.ivar)
     if pe is not None and next((j for j, q in enumerate(b.eqns) if q is pe), -1) > idx:

@@ -18,6 +18,7 @@ import linecache
 import math
 import operator
 import os
+import threading
 import types
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from ..errors import GradjitError, TraceError, at
 from . import control as C
 from . import numpy_api
 from . import primitives as P
+from . import tracing as _tracing
 from .tracing import Tracer, location
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +325,67 @@ def _mutated_containers(nodes, env):
     return out
 
 
+def _stored_names(nodes):
+    """(name, statement) for each `name[...] = ...` (or `+=`, `name[i][j] = ...`) in ``nodes``,
+    not looking into nested scopes."""
+    out = []
+
+    def root(t):
+        while isinstance(t, ast.Subscript):
+            t = t.value
+        return t.id if isinstance(t, ast.Name) else None
+
+    def targets(t):
+        if isinstance(t, (ast.Tuple, ast.List)):
+            return [x for e in t.elts
+                    for x in targets(e.value if isinstance(e, ast.Starred) else e)]
+        return [t] if isinstance(t, ast.Subscript) else []
+
+    def visit(n):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return
+        ts = n.targets if isinstance(n, ast.Assign) else (
+            [n.target] if isinstance(n, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in ts:
+            for sub in targets(t):
+                r = root(sub)
+                if r is not None and r not in [x for x, _ in out]:
+                    out.append((r, n))
+        for c in ast.iter_child_nodes(n):
+            visit(c)
+    for n in nodes:
+        visit(n)
+    return out
+
+
+def _is_view_of(v, obj):
+    """``v`` is (a view of a view of ...) a view of the array ``obj`` (numpy aliasing)."""
+    if isinstance(v, np.ndarray) and isinstance(obj, np.ndarray):
+        return v is not obj and v.ndim > 0 and np.shares_memory(v, obj)
+    if not (isinstance(v, Tracer) and isinstance(obj, Tracer)) or v.ndim == 0:
+        return False
+    x = v.ivar
+    while True:
+        e = _producer_anywhere(x)
+        if e is None or e.prim not in _VIEW_PRIMS[:3]:
+            return False
+        x = e.inputs[0]
+        if x is obj.ivar:
+            return True
+
+
+def _producer_anywhere(v):
+    """The equation that made ``v``, in any graph being built."""
+    for b in reversed(_tracing._stack):
+        e = b.producer.get(v)
+        if e is not None:
+            return e
+    return None
+
+
+_VIEW_PRIMS = (P.slice_p, P.reshape_p, P.transpose_p, P.broadcast_to_p)
+
+
 def _contains(nodes, kind):
     """Whether ``kind`` (ast.Break or ast.Return) occurs in ``nodes`` and belongs to them: a
     break inside a nested loop's body belongs to that loop; nothing in a nested def does."""
@@ -345,6 +408,7 @@ class Frame:
     closure: dict
     locals: dict = field(default_factory=dict)
     parent: "Frame | None" = None  # for defs nested in traced code
+    inputs: list = field(default_factory=list)  # the arrays it was called with: never written
 
 
 @dataclass
@@ -360,6 +424,20 @@ class Capture:
         if self.kind == "global":
             return self.where[self.name]
         return self.where.cell_contents
+
+
+# Static reads the in-memory cache does not guard but the disk cache must re-check in a new
+# process (a module or class bound to a name, an attribute of a user module or class):
+# ``("cap", kind, where, name, value)`` / ``("attr", obj, name, value)`` / ``("absent",
+# globals, name)`` (a builtin found because the module has no such global), appended to the
+# list ``RECORD.reads`` while the runtime traces a function (thread-local; None: off).
+RECORD = threading.local()
+
+
+def _record(item):
+    reads = getattr(RECORD, "reads", None)
+    if reads is not None:
+        reads.append(item)
 
 
 # Modules whose functions are never interpreted (they are looked up in the numpy table or run
@@ -453,6 +531,8 @@ class Interpreter:
         if hasattr(frame, "defaults"):
             new.defaults = frame.defaults
         self._bind_args(node, new, args, kwargs)
+        new.inputs = [v for v in _flatten([list(args), list(kwargs.values())])[0]
+                      if isinstance(v, (Tracer, np.ndarray))]
         saved = self.frame
         self.frame = new
         try:
@@ -606,10 +686,79 @@ class Interpreter:
         if isinstance(obj, (list, dict)) and not isinstance(idx, Tracer):
             obj[idx] = value
             return
-        if isinstance(obj, Tracer) or isinstance(obj, np.ndarray):
-            self.fail(node, "writing into an array (x[i] = ...) is not supported here; build "
-                      "the result with np.where, np.concatenate or np.stack")
-        self.fail(node, f"item assignment into a {type(obj).__name__} is not supported")
+        if not isinstance(obj, (Tracer, np.ndarray)):
+            self.fail(node, f"item assignment into a {type(obj).__name__} is not supported")
+        # Arrays are values in the IR: `out[i] = v` makes a new value (primitives.slice_set_p,
+        # lowered in place) and rebinds the name, and every other local bound to the same array.
+        base = node.value
+        if isinstance(base, ast.Subscript):  # A[i][j] = v: the updated row is written back
+            part = self._updated(obj, idx, value)
+            self.store_item(base, self.expr(base.value), self.expr(base.slice), part)
+            return
+        if not isinstance(base, ast.Name):
+            self.fail(node, f"writing into {_describe(base)}: only arrays bound to a local name "
+                      "can be written into (out[i] = v)")
+        name = base.id
+        if name not in self.frame.locals:
+            self.fail(node, f"writing into '{name}', an array from outside {self.frame.fn_name} "
+                      "(functions must not mutate their inputs); write into a local copy")
+        self._check_writable(node, name, obj)
+        new = self._updated(obj, idx, value)
+        loc = self.frame.locals
+        for n, v in list(loc.items()):
+            if v is obj:
+                loc[n] = new
+            elif _is_view_of(v, obj):  # numpy would show the write through the view
+                loc[n] = _Undefined(f"is a view of '{name}', which was written into at "
+                                    f"{self.where(node)}; index '{name}' again after the write, "
+                                    "or take a copy (.copy()) before it")
+
+    def _updated(self, obj, idx, value):
+        if isinstance(obj, np.ndarray):
+            if not has_tracer([idx, value]):  # all static: stays a static array
+                new = obj.copy()
+                new[idx] = value
+                return new
+            if obj.size and (obj == obj.flat[0]).all():  # np.zeros(3): a fill, not a constant
+                obj = P.broadcast_to(P.lift(obj.reshape(-1)[:1]), obj.shape)
+            else:
+                obj = P.lift(obj)
+        if obj.ndim == 0:
+            raise TraceError(at(self.loc, "cannot write into a 0-d array; rebind the name"))
+        return P.index_update(obj, idx, value)
+
+    def _is_input(self, obj):
+        if any(obj is v for v in self.frame.inputs):
+            return True
+        return any(obj is t for _, t in self.captured_inputs)
+
+    def _check_writable(self, node, name, obj):
+        """Arguments, arrays read from outside, and views of them must not be written into."""
+        mutate = (f"'{name}' is an input of {self.frame.fn_name} and functions must not mutate "
+                  f"their inputs; write into a copy ({name} = {name}.copy())")
+        if self._is_input(obj):
+            self.fail(node, mutate)
+        if isinstance(obj, np.ndarray):
+            for n, v in self.frame.locals.items():
+                if isinstance(v, np.ndarray) and v is not obj and np.shares_memory(v, obj):
+                    self.fail(node, f"'{name}' is a view of '{n}' (writing into it would change "
+                              f"'{n}'); write into '{n}' itself")
+            return
+        inputs = {t.ivar: t for t in list(self.frame.inputs) + [t for _, t in self.captured_inputs]
+                  if isinstance(t, Tracer)}
+        local = {v.ivar: n for n, v in self.frame.locals.items()
+                 if isinstance(v, Tracer) and v is not obj}
+        v = obj.ivar
+        while True:
+            e = _producer_anywhere(v)
+            if e is None or e.prim not in _VIEW_PRIMS:
+                return
+            v = e.inputs[0]
+            if v in inputs:
+                self.fail(node, mutate.replace("an input", "a view of an input"))
+            if v in local:
+                self.fail(node, f"'{name}' is a view of '{local[v]}' (writing into it would change "
+                          f"'{local[v]}'); write into '{local[v]}' itself")
 
     # -- control flow --------------------------------------------------------------------------
     # A static test or trip count is decided here. A dynamic one becomes a structured region
@@ -788,6 +937,18 @@ class Interpreter:
                       "and np.concatenate, or make the trip count static")
         targets = _assigned_names([node.target]) if rng is not None else []
         assigned = _assigned_names(node.body + ([node.test] if rng is None else []))
+        for n, store in _stored_names(node.body):  # out[i] = v rebinds `out`: it is carried
+            if n in before and isinstance(before[n], (Tracer, np.ndarray)):
+                self.loc = self.where(store)
+                with location(self.loc):
+                    self._check_writable(store, n, before[n])
+                for m, v in list(before.items()):  # other names of that array are not carried
+                    if m != n and (v is before[n] or _is_view_of(v, before[n])):
+                        before[m] = _Undefined(
+                            f"names the same array as '{n}', which is written into in the loop "
+                            f"at {self.where(store)}; use '{n}'")
+            if n not in assigned:
+                assigned.append(n)
         state = [n for n in assigned if n not in targets and n in before
                  and not isinstance(before[n], _Undefined)]
         flags = [f for f, kind in (("$brk", ast.Break), ("$ret", ast.Return))
@@ -975,12 +1136,14 @@ class Interpreter:
         if name in f.globals:
             return self.captured("global", f.globals, name, f.globals[name])
         if hasattr(builtins, name):
+            _record(("absent", f.globals, name))  # a global of that name would shadow it
             return getattr(builtins, name)
         self.fail(node, f"name '{name}' is not defined")
 
     def captured(self, kind, where, name, value):
         """A value read from a closure or the module: arrays become inputs of the graph."""
         if isinstance(value, (types.ModuleType, type)) or value is None:
+            _record(("cap", kind, where, name, value))
             return value
         key = (kind, id(where), name)
         if key in self.captures:
@@ -1004,7 +1167,10 @@ class Interpreter:
     def expr_Attribute(self, node):
         obj = self.expr(node.value)
         try:
-            return getattr(obj, node.attr)
+            value = getattr(obj, node.attr)
+            if isinstance(obj, (types.ModuleType, type)):
+                _record(("attr", obj, node.attr, value))
+            return value
         except AttributeError:
             if isinstance(obj, Tracer):
                 self.fail(node, f"arrays in traced functions have no attribute '{node.attr}' "
@@ -1175,6 +1341,13 @@ class Interpreter:
 
     def apply(self, fn, args, kwargs, node):
         """Call ``fn``: numpy table, gradjit transform, builtins, or interpret the user's code."""
+        fn = _ALLOCATE.get(_key(fn), fn)
+        method = isinstance(fn, types.MethodType) and fn.__func__ in _COPY_METHODS
+        if (method or (_key(fn) is np.copy and args)) and \
+                isinstance(fn.__self__ if method else args[0], Tracer):
+            x = fn.__self__ if method else args[0]
+            y = fn(*args, **kwargs) if method else x
+            return Tracer(y.ivar) if y is x else y  # a copy: a new array as far as writes go
         impl = numpy_api.lookup(fn)
         if impl is not None:
             if not has_tracer([args, kwargs]):
@@ -1241,6 +1414,19 @@ def has_array(x):
 import functools  # noqa: E402
 
 _functools_partial = functools.partial
+
+
+def _key(fn):
+    try:
+        hash(fn)
+        return fn
+    except TypeError:
+        return None
+
+
+# np.empty's contents are unspecified: zeros are a valid choice (and lower to one fill).
+_ALLOCATE = {np.empty: np.zeros, np.empty_like: np.zeros_like}
+_COPY_METHODS = (numpy_api.METHODS["copy"], numpy_api.METHODS["astype"])
 
 
 def _is_library(fn):

@@ -1309,3 +1309,136 @@ def lift(x):
 from . import tracing as _tracing  # noqa: E402
 
 _tracing.lift_array = lift
+
+
+# =============================================================================================
+# Writing into a local array: ``y = x`` with ``y[spec] = v`` (a pure value; the front end
+# rebinds the written name). The same ``spec``/``sizes`` as ``slice``; ``v`` has the written
+# region's shape, or is rank 0 (filled in). Lowered in place when ``x`` is not read afterwards
+# (codegen decides).
+# =============================================================================================
+
+
+def _slice_set_impl(x, v, *dyn, spec, sizes):
+    vals, _ = _split_dyn(spec, sizes, dyn)
+    out = np.array(x, copy=True)
+    out[_py_index(_spec_values(spec, vals))] = v
+    return out
+
+
+def _slice_set_vjp(ct, ins, outs, spec, sizes):
+    dyn = ins[2:]
+    ct_v = bind(slice_p, ct, *dyn, spec=spec, sizes=sizes)  # read before ct is overwritten
+    # a rank-0 fill is broadcast by the write itself (no array of zeros)
+    ct_x = bind(slice_set_p, ct, cast(0, dtype_of(ct)), *dyn, spec=spec, sizes=sizes)
+    return (ct_x, ct_v) + (None,) * len(dyn)
+
+
+slice_set_p = primitive("slice_set", lambda x, v, *dyn, spec, sizes: (x.aval.update(weak=False),),
+                        impl=_slice_set_impl, vjp=_slice_set_vjp, inplace=0)
+
+
+def write_spec(x, idx):
+    """(spec, dynamic values, sizes, size inputs) of ``x[idx] = ...``: ints and slices (static
+    or traced bounds), Ellipsis; the layout ``slice`` uses."""
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    if any(_is_array_index(i) for i in idx) or any(i is None for i in idx):
+        raise TraceError(at(current_loc(), "writing into an array supports integer and slice "
+                            "indices only (x[i] = v, x[i, j] = v, x[a:b] = v)"))
+    nd = ndim(x)
+    if sum(i is Ellipsis for i in idx) > 1:
+        raise TraceError(at(current_loc(), "an index can only have a single ellipsis ('...')"))
+    if Ellipsis in [i for i in idx if not isinstance(i, Tracer)]:
+        k = next(j for j, i in enumerate(idx) if i is Ellipsis)
+        idx = idx[:k] + (slice(None),) * (nd - len(idx) + 1) + idx[k + 1:]
+    if len(idx) > nd:
+        raise TraceError(at(current_loc(), f"too many indices ({len(idx)}) for an array of "
+                            f"rank {nd}"))
+    idx = idx + (slice(None),) * (nd - len(idx))
+    spec, vals, sizes, size_in = [], [], [], []
+    for k, (i, n) in enumerate(zip(idx, shape_of(x))):
+        if _is_int(i):
+            if isinstance(i, Tracer):
+                spec.append(("i", DYN))
+                vals.append(cast(i, "int64"))
+            else:
+                i = int(i)
+                if isinstance(n, int) and not -n <= i < n:
+                    raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
+                                        f"with size {n}"))
+                spec.append(("i", i))
+            continue
+        if not isinstance(i, slice):
+            raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))
+        if isinstance(i.step, Tracer):
+            raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
+        step = 1 if i.step is None else int(i.step)
+        if step == 0:
+            raise TraceError(at(current_loc(), "slice step cannot be zero"))
+        bounds = []
+        for b in (i.start, i.stop):
+            if isinstance(b, Tracer):
+                bounds.append(DYN)
+                vals.append(cast(b, "int64"))
+            else:
+                bounds.append(None if b is None else int(b))
+        spec.append(("s", bounds[0], bounds[1], step))
+        if i.start is None and i.stop is None and step == 1:
+            length = n
+        else:
+            lo = _NONE if i.start is None else i.start
+            hi = _NONE if i.stop is None else i.stop
+            length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
+        if isinstance(length, Tracer):
+            length = length.ivar
+        if isinstance(length, Var):
+            sizes.append(DYN)
+            size_in.append(Tracer(length))
+        else:
+            sizes.append(int(length))
+    return tuple(spec), vals, tuple(sizes), size_in
+
+
+def index_update(x, idx, v):
+    """``x`` with ``x[idx] = v`` (numpy's assignment semantics: ``v`` cast to x's dtype and
+    broadcast to the region)."""
+    spec, vals, sizes, size_in = write_spec(x, idx)
+    region = _slice_shape(Var(aval_of(x)), *[_dyn_atom(d) for d in vals + size_in],
+                          spec=spec, sizes=sizes)[0].shape
+    v = cast(v, dtype_of(x))
+    vs = shape_of(v)
+    msg = at(current_loc(), f"cannot write a value of shape {fmt_shape(vs)} into a region of "
+             f"shape {fmt_shape(region)}")
+    if len(vs) > len(region):
+        raise ShapeError(msg)
+    for d, r in zip(vs[::-1], region[::-1]):
+        if same_dim(d, r) or (isinstance(d, int) and d == 1):
+            continue
+        if isinstance(d, int) and isinstance(r, int):
+            raise ShapeError(msg)
+        check_eq(d, r, msg)  # sizes known at run time
+    # a rank-0 value is broadcast by the write itself; sizes checked equal need nothing
+    if vs and (len(vs) < len(region) or any(isinstance(d, int) and d == 1 and not same_dim(d, r)
+                                            for d, r in zip(vs[::-1], region[::-1]))):
+        v = broadcast_to(v, region)
+    return bind(slice_set_p, x, v, *vals, *size_in, spec=spec, sizes=sizes)
+
+
+def _read_back_fold(x, *dyn, spec, sizes):
+    """``y[idx]`` right after ``y = x with y[idx] = v`` is ``v``: no need to keep ``y``'s
+    elements around (an adjoint reading them back would otherwise hold a copy of the array)."""
+    e = _producer(x)
+    if e is None or e.prim is not slice_set_p or e.p["spec"] != spec or e.p["sizes"] != sizes:
+        return NotImplemented
+    same = all(a is b or (isinstance(a, Lit) and isinstance(b, Lit) and a.value == b.value)
+               for a, b in zip(e.inputs[2:], dyn))
+    v = e.inputs[1]
+    if not same or len(e.inputs) - 2 != len(dyn) or DYN in sizes or v.aval.shape != tuple(sizes):
+        return NotImplemented
+    if isinstance(v, Lit):
+        return cast(v.value, x.aval.dtype)
+    return Tracer(v) if v.aval.dtype == x.aval.dtype else cast(Tracer(v), x.aval.dtype)
+
+
+slice_p.fold = _read_back_fold
