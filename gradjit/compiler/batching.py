@@ -376,6 +376,27 @@ def _slice_add_rule(args, dims, spec, sizes):
     return bind(P.slice_add_p, acc, v, *vals, *size_in2, spec=spec2, sizes=sizes2), 0
 
 
+@register(P.slice_set_p)
+def _slice_set_rule(args, dims, spec, sizes):
+    """``x[spec] = v`` in every example: one write with the batch axis in front (the written
+    position must be the same in all examples)."""
+    x, v, dyn = args[0], args[1], args[2:]
+    vals, size_in = P._split_dyn(spec, sizes, dyn)
+    vdims, sdims = P._split_dyn(spec, sizes, dims[2:])
+    _unbatched("slice_set", *zip(size_in, sdims))
+    if any(d is not None for d in vdims):
+        raise _err("writing into an array at a position that differs between examples is "
+                   "not supported")
+    n = batch_size(args, dims)
+    x = to_front(x, dims[0], _dim(n))
+    spec2, sizes2, size_in2 = _batched_spec(spec, sizes, size_in, P.shape_of(x)[0])
+    if dims[1] is not None:
+        v = to_front(v, dims[1], _dim(n))
+        if P.ndim(v) == 1 and len(sizes2) > 1:  # one value per example, filled in
+            v = P.reshape(v, (_dim(n),) + (1,) * (len(sizes2) - 1))
+    return bind(P.slice_set_p, x, v, *vals, *size_in2, spec=spec2, sizes=sizes2), 0
+
+
 def _slice_add_batched_index(acc, ad, v, vd, spec, vals, vdims, n):
     """``acc[i, ...] += v`` where an integer position differs per example: a scatter_add over
     the integer-indexed axes (moved first) and the batch position."""

@@ -21,6 +21,42 @@ def simplify(graph):
         return make_graph(ins, outs, b).replace(meta=graph.meta)
 
 
+def specialize(graph, sizes):
+    """``graph`` with the input size variables in ``sizes`` (Var -> int) made static, folded
+    and optimised (the body of a kernel version guarded by those sizes)."""
+    from .ir import Aval
+    ins = []
+    for v in graph.inputs:
+        shape = tuple(sizes.get(d, d) if isinstance(d, Var) else d for d in v.aval.shape)
+        ins.append(Var(Aval(v.aval.dtype, shape, v.aval.weak)) if shape != v.aval.shape else v)
+    with building(Builder()) as b:
+        ts = [Tracer(v) for v in ins]
+        outs, _ = ad.replay(graph, ts)
+        g = make_graph(ts, outs, b).replace(meta=graph.meta)
+    return _int_dims(optimize(g), {})
+
+
+def _int_dims(graph, subst):
+    """Sizes that replay turned into literals become plain ints in avals (as if traced static)."""
+    from .ir import Aval
+
+    def fix(a):
+        if not isinstance(a, Var):
+            return a
+        if a not in subst:
+            shape = tuple(d.value if isinstance(d, Lit) else d for d in a.aval.shape)
+            subst[a] = Var(Aval(a.aval.dtype, shape, a.aval.weak)) if shape != a.aval.shape else a
+        return subst[a]
+
+    eqns = []
+    for e in graph.eqns:
+        e = map_subgraphs(e, lambda g: _int_dims(g, subst)) if subgraphs(e) else e
+        eqns.append(e.replace(inputs=tuple(fix(a) for a in e.inputs),
+                              outputs=tuple(fix(v) for v in e.outputs)))
+    return graph.replace(inputs=tuple(fix(v) for v in graph.inputs), eqns=tuple(eqns),
+                         outputs=tuple(fix(a) for a in graph.outputs))
+
+
 def _key(a):
     return ("lit", type(a.value).__name__, a.value, a.aval) if isinstance(a, Lit) else id(a)
 
