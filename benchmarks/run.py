@@ -229,6 +229,21 @@ def cold_rows(groups, repeats, errors):
     return rows
 
 
+def startup_rows(groups, repeats, errors):
+    rows = []
+    for group in groups:
+        print(f"  start-up {group} ...", file=sys.stderr, flush=True)
+        try:
+            r = coldstart.startup(group, repeats=repeats)
+            label = group + (f" X {coldstart.STARTUP_N[group]:.0e}x16" if coldstart.STARTUP_N[group]
+                             else "")
+            rows.append([label, fmt_time(r["import"]), fmt_time(r["cold"]), fmt_time(r["warm"]),
+                         fmt_time(r["warm_cpu"]), fmt_time(r["call"])])
+        except Exception as e:  # noqa: BLE001 - shown as a numbered note
+            rows.append([group, errors.note("error", str(e)), "", "", "", ""])
+    return rows
+
+
 def tape_bytes(lowered, steps):
     """Bytes of loop tape in a gradjit kernel, from its optimized IR: every `tape_new` holds one
     value of its element shape per iteration, and a counted loop allocates its tapes for the
@@ -368,6 +383,13 @@ def main(argv=None):
                 cold_rows(groups, 1 if opts.quick else 3, errors),
             )
         )
+
+        print()
+        print("Start-up (gradjit): import, cold first call on an empty disk cache, warm-from-disk "
+              "first call in a new process (no tracing, no numba compilation), warm call")
+        print(table(["workload", "import gradjit", "cold first", "warm-from-disk first",
+                     "(CPU time)", "warm call"],
+                    startup_rows(groups, 1 if opts.quick else 3, errors)))
 
     print()
     print(f"Load average at the end (this run adds ~1): {load_note(own=1.0)}")

@@ -240,6 +240,33 @@ def test_cache_verify_finds_planted_corruption(capsys, cdir, populated):
     assert not os.path.exists(os.path.join(cdir, "entries", bad))
 
 
+def test_manifests_counted_not_listed_and_kept_consistent(capsys, cdir, populated):
+    cache = DiskCache(cdir)
+    fkeys = {name: new_key() for name in populated}
+    for name, key in populated.items():  # what a runtime trace of each function would write
+        cache.store_manifest(fkeys[name], {"entry": key, "qualname": name})
+    rc, out, _ = run(capsys, "--cache-dir", cdir, "cache", "info", "--json")
+    assert rc == 0 and json.loads(out)["manifests"] == 3 and json.loads(out)["entries"] == 3
+    rc, out, _ = run(capsys, "--cache-dir", cdir, "cache", "info")
+    assert "manifests:   3" in out
+    rc, out, _ = run(capsys, "--cache-dir", cdir, "cache", "list", "--json")
+    assert sorted(e["key"] for e in json.loads(out)) == sorted(populated.values())
+    # prune removes entries; their manifests are dead and go with them
+    rc, out, _ = run(capsys, "--cache-dir", cdir, "cache", "prune", "--max-size",
+                     str(DiskCache(cdir).total_size() // 2))
+    assert rc == 0 and "removed 2 entries" in out
+    assert [len(cache.manifests(f)) for f in fkeys.values()] == [0, 0, 1]  # predict is left
+    # verify reports a damaged manifest (and removes it)
+    mdir = os.path.join(cdir, "manifests", fkeys["predict"])
+    [name] = os.listdir(mdir)
+    with open(os.path.join(mdir, name), "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"XXXX")
+    rc, out, _ = run(capsys, "--cache-dir", cdir, "cache", "verify")
+    assert rc == 0 and f"manifest {fkeys['predict']}/{name}: manifest checksum mismatch" in out
+    assert "1 good entry, 1 damaged" in out and DiskCache(cdir).manifest_count() == 0
+
+
 # ----------------------------------------------------------------------------------------
 # warm and inspect, against fakes of the compiler interface
 # ----------------------------------------------------------------------------------------

@@ -605,3 +605,299 @@ def test_importing_stays_light():
                          timeout=60, check=False)
     before, after = out.stdout.split()
     assert after == before, out.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# Manifests: what a trace depended on, so that a new process hits without tracing
+# ----------------------------------------------------------------------------------------
+
+
+def manifest_files(cdir):
+    root = os.path.join(cdir, "manifests")
+    return sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+
+
+def test_manifest_roundtrip_limit_and_damage(cdir):
+    cache = DiskCache(cdir)
+    fkey, key = new_key(), new_key()
+    cache.store(key, plain_src(), meta())
+    for k in range(diskcache.MANIFESTS_PER_FUNCTION + 3):
+        cache.store_manifest(fkey, {"entry": key, "version": k, "tree": ("t", ("*", None))})
+        time.sleep(0.002)  # distinct mtimes: the oldest are the ones dropped
+    found = DiskCache(cdir).manifests(fkey)
+    assert [p["version"] for _, p in found] == list(range(diskcache.MANIFESTS_PER_FUNCTION + 2,
+                                                           2, -1))  # most recent first
+    assert found[0][1]["tree"] == ("t", ("*", None)) and found[0][1]["fkey"] == fkey
+    assert os.stat(os.path.dirname(manifest_files(cdir)[0])).st_mode & 0o777 == 0o700
+    # Truncated, garbage, and a sealed pickle that names a class: each warned and removed.
+    paths = manifest_files(cdir)
+    write(paths[0], read(paths[0])[:20])
+    write(paths[1], os.urandom(200))
+    import pickle
+
+    body = pickle.dumps({"fkey": fkey, "entry": key, "evil": os.system}, protocol=4)
+    write(paths[2], diskcache.MANIFEST_MAGIC + hashlib.sha256(body).hexdigest().encode()
+          + b"\n" + body)
+    with pytest.warns(GradjitCacheWarning, match="manifest") as rec:
+        left = DiskCache(cdir).manifests(fkey)
+    assert len(left) == diskcache.MANIFESTS_PER_FUNCTION - 3
+    assert any("refers to" in str(w.message) for w in rec)
+    assert len(manifest_files(cdir)) == len(left)
+    # A manifest of another function key, copied here, is foreign.
+    other = new_key()
+    cache.store_manifest(other, {"entry": key})
+    [src] = [p for p in manifest_files(cdir) if other in p]
+    shutil.copy(src, os.path.join(cdir, "manifests", fkey, "copied.mf"))
+    with pytest.warns(GradjitCacheWarning, match="foreign manifest"):
+        assert len(DiskCache(cdir).manifests(fkey)) == len(left)
+
+
+def test_verify_and_clear_drop_dead_and_damaged_manifests(cdir):
+    cache = DiskCache(cdir)
+    live, dead = new_key(), new_key()
+    cache.store(live, plain_src(), meta())
+    f1, f2, f3 = new_key(), new_key(), new_key()
+    cache.store_manifest(f1, {"entry": live})
+    cache.store_manifest(f2, {"entry": dead})  # its entry is gone (e.g. pruned)
+    cache.store_manifest(f3, {"entry": live})
+    [bad] = [p for p in manifest_files(cdir) if f3 in p]
+    write(bad, read(bad)[:-3])
+    assert cache.manifest_count() == 3
+    problems = DiskCache(cdir).verify()
+    assert [p for p, _ in problems] == [f"manifest {f3}/{os.path.basename(bad)}"]
+    assert "checksum" in problems[0][1]
+    assert cache.manifest_count() == 1 and len(cache.manifests(f1)) == 1  # dead one removed
+    assert cache.clear() == 1
+    assert cache.manifest_count() == 0 and manifest_files(cdir) == []
+
+
+MODEL = '''
+import os
+import numpy as np
+import helpers
+from helpers import cube
+
+SCALE = 2.0
+DATA = np.linspace(0.0, float(os.environ.get("DATA_END", "1.0")), 4)
+
+
+def f_src(x):
+    return np.sum(2.0 * x ** 2)
+
+
+def f_helper(x):
+    return np.sum(cube(x))
+
+
+def f_global(x):
+    return np.sum(SCALE * x ** 2)
+
+
+def f_modattr(x):
+    return helpers.K * np.sum(x)
+
+
+def make(c):
+    def inner(x):
+        return np.sum(c * x ** 2)
+    return inner
+
+
+f_closure = make(float(os.environ.get("CLOSED", "1.0")))
+
+
+def f_array(w):
+    return np.sum((DATA * w - 1.0) ** 2)
+
+
+def f_aux(x, d):
+    return np.sum(d["a"] * x ** 2), {"double": x * 2.0}
+'''
+
+HELPERS = '''
+K = 1.5
+
+
+def cube(x):
+    return x ** 3
+'''
+
+CHILD = '''
+import json, sys, warnings
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, ".")
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import numpy as np
+    import gradjit as gj
+    import model
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    out = {{}}
+    for name in sys.argv[1:]:
+        before = gj.cache_info()
+        if name == "f_aux":   # a dict argument, argnums, has_aux, value_and_grad
+            f = gj.value_and_grad(model.f_aux, argnums=(0, 1), has_aux=True)
+            (v, aux), (gx, gd) = f(x, {{"a": np.full(4, 3.0)}})
+            res = [float(v), aux["double"].tolist(), gx.tolist(), gd["a"].tolist()]
+        else:
+            res = gj.grad(getattr(model, name))(x).tolist()
+        after = gj.cache_info()
+        out[name] = dict(result=res, traces=after.traces - before.traces,
+                         compiles=after.compiles - before.compiles,
+                         manifest_hits=after.manifest_hits - before.manifest_hits)
+out["warnings"] = [str(w.message) for w in caught]
+print(json.dumps(out))
+'''
+
+NAMES = ["f_src", "f_helper", "f_global", "f_modattr", "f_closure", "f_array", "f_aux"]
+
+
+class Project:
+    """A user's project in a directory: model.py, helpers.py, and a script running them."""
+
+    def __init__(self, tmp_path):
+        self.dir = tmp_path / "proj"
+        self.dir.mkdir()
+        self.cache = str(tmp_path / "cache")
+        (self.dir / "model.py").write_text(MODEL)
+        (self.dir / "helpers.py").write_text(HELPERS)
+        (self.dir / "child.py").write_text(CHILD.format(repo=REPO))
+
+    def edit(self, name, old, new):
+        path = self.dir / name
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+        st = os.stat(path)  # a distinct mtime, as an edit seconds later would have
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+    def run(self, *names, **env):
+        env = dict(os.environ, GRADJIT_CACHE_DIR=self.cache, PYTHONDONTWRITEBYTECODE="1",
+                   **env)
+        env.pop("GRADJIT_DISABLE_CACHE", None)
+        proc = subprocess.run([sys.executable, "child.py", *(names or NAMES)], cwd=self.dir,
+                              env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+X = [1.0, 2.0, 3.0, 4.0]
+
+
+def expected(scale=2.0, src=2.0, cube=1.0, k=1.5, closed=1.0, data_end=1.0):
+    import numpy as np
+
+    x = np.array(X)
+    data = np.linspace(0.0, data_end, 4)
+    return {
+        "f_src": (2 * src * x).tolist(),
+        "f_helper": (3 * cube * x ** 2).tolist(),
+        "f_global": (2 * scale * x).tolist(),
+        "f_modattr": [k] * 4,
+        "f_closure": (2 * closed * x).tolist(),
+        "f_array": (2 * data * (data * x - 1.0)).tolist(),
+        "f_aux": [float(np.sum(3.0 * x ** 2)), (2 * x).tolist(), (6.0 * x).tolist(),
+                  (x ** 2).tolist()],
+    }
+
+
+def check(out, want, traced):
+    """Results are right; exactly the functions in ``traced`` were traced, the others came
+    from a manifest without tracing and without compiling."""
+    import numpy as np
+
+    assert out["warnings"] == []
+    for name in NAMES:
+        r = out[name]
+        got, ref = r["result"], want[name]
+        if name == "f_aux":
+            assert got[0] == pytest.approx(ref[0])
+            got, ref = got[1:], ref[1:]
+        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(ref, dtype=float),
+                                   rtol=1e-12, err_msg=name)
+        if name in traced:
+            assert r["traces"] >= 1, name
+        else:
+            assert (r["traces"], r["compiles"], r["manifest_hits"]) == (0, 0, 1), name
+
+
+def test_new_process_hits_without_tracing_and_edits_are_seen(tmp_path):
+    p = Project(tmp_path)
+    first = p.run()
+    check(first, expected(), traced=NAMES)
+    assert all(first[n]["compiles"] == 1 for n in NAMES)
+    # A new process: nothing traced, nothing compiled (numba's object code is loaded).
+    check(p.run(), expected(), traced=())
+    # The function's own source, a helper in another module, a global constant, a constant
+    # read as another module's attribute: each edit is a new trace and the new result;
+    # everything else (in the same, edited files) still hits.
+    p.edit("model.py", "return np.sum(2.0 * x ** 2)", "return np.sum(3.0 * x ** 2)")
+    p.edit("helpers.py", "return x ** 3", "return 2.0 * x ** 3")
+    p.edit("model.py", "SCALE = 2.0", "SCALE = 5.0")
+    p.edit("helpers.py", "K = 1.5", "K = 2.5")
+    want = expected(src=3.0, cube=2.0, scale=5.0, k=2.5)
+    out = p.run()
+    check(out, want, traced=["f_src", "f_helper", "f_global", "f_modattr"])
+    assert all(out[n]["compiles"] == 1 for n in ["f_src", "f_helper", "f_global", "f_modattr"])
+    check(p.run(), want, traced=())
+    # A closure constant: traced again. A global array (passed at every call): never baked
+    # in, so a new content is the new result without a new trace.
+    check(p.run(CLOSED="4.0", DATA_END="2.0"), expected(src=3.0, cube=2.0, scale=5.0,
+                                                         k=2.5, closed=4.0, data_end=2.0),
+          traced=["f_closure"])
+    # Both versions of the closure are kept: going back is a hit.
+    check(p.run(), want, traced=())
+
+
+def test_damaged_or_dead_manifests_are_rebuilt(tmp_path):
+    p = Project(tmp_path)
+    names = ["f_src", "f_helper", "f_aux"]
+    first = p.run(*names)
+    paths = manifest_files(p.cache)
+    assert len(paths) == 3
+    write(paths[0], read(paths[0])[:40])  # truncated
+    write(paths[1], os.urandom(300))  # garbage
+    data = bytearray(read(paths[2]))
+    data[-5] ^= 0xFF  # one flipped byte
+    write(paths[2], bytes(data))
+    out = p.run(*names)
+    assert sum("manifest" in w and "damaged" in w for w in out["warnings"]) == 3
+    for n in names:  # traced again, the kernel itself still came from the cache
+        assert out[n]["result"] == first[n]["result"]
+        assert (out[n]["traces"], out[n]["compiles"]) == (1, 0)
+    again = p.run(*names)
+    assert again["warnings"] == []
+    assert all((again[n]["traces"], again[n]["result"]) == (0, first[n]["result"])
+               for n in names)
+    # Entries gone (pruned): their manifests are dead; traced and compiled again.
+    shutil.rmtree(os.path.join(p.cache, "entries"))
+    out = p.run(*names)
+    assert out["warnings"] == []
+    assert all((out[n]["traces"], out[n]["compiles"], out[n]["result"])
+               == (1, 1, first[n]["result"]) for n in names)
+    assert DiskCache(p.cache).verify() == []
+    assert DiskCache(p.cache).manifest_count() == 3  # the dead ones were replaced
+
+
+def test_four_processes_at_once_then_a_fifth_traces_nothing(tmp_path):
+    p = Project(tmp_path)
+    names = ["f_helper", "f_aux"]
+    env = dict(os.environ, GRADJIT_CACHE_DIR=p.cache)
+    env.pop("GRADJIT_DISABLE_CACHE", None)
+    procs = [subprocess.Popen([sys.executable, "child.py", *names], cwd=p.dir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    want = expected()
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        out = json.loads(stdout.strip().splitlines()[-1])
+        assert out["warnings"] == []
+        assert out["f_helper"]["result"] == pytest.approx(want["f_helper"])
+        assert out["f_aux"]["result"][0] == pytest.approx(want["f_aux"][0])
+    # The same trace written by several processes is one manifest per function.
+    assert DiskCache(p.cache).manifest_count() == len(names)
+    fifth = p.run(*names)
+    assert all((fifth[n]["traces"], fifth[n]["compiles"]) == (0, 0) for n in names)
+    assert DiskCache(p.cache).verify() == []

@@ -220,6 +220,7 @@ def cmd_cache_info(args):
         "enabled": cache.enabled,
         "disabled_reason": cache.disabled_reason,
         "entries": len(entries),
+        "manifests": cache.manifest_count(),
         "total_size": total,
         "hits": stats["hits"],
         "misses": stats["misses"],
@@ -233,6 +234,7 @@ def cmd_cache_info(args):
         ("directory", cache.directory),
         ("enabled", enabled),
         ("entries", len(entries)),
+        ("manifests", f"{info['manifests']} (traces a new process can skip)"),
         ("total size", f"{format_size(total)} ({total} bytes)"),
         ("hits", stats["hits"]),
         ("misses", stats["misses"]),
@@ -381,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = actions.add_parser("list", help="one row per entry", parents=[common],
-                           description="List the cache entries, most recently used first.")
+                           description="List the cache entries (compiled kernels), most recently "
+                           "used first. The manifests that let a new process skip tracing "
+                           "are counted by 'cache info', not listed.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_cache_list)
 

@@ -12,6 +12,7 @@ Layout of the cache directory (mode 0700)::
     <dir>/entries/<key>/meta.json        metadata + sha256 of kernel.py and of numba's files
     <dir>/entries/<key>/used             empty; its mtime is the entry's last-used time
     <dir>/entries/<key>/__pycache__/     numba's *.nbi / *.nbc object-code cache
+    <dir>/manifests/<fkey>/<name>.mf     what a trace of one function depended on (below)
     <dir>/locks/<key>.lock               per-key inter-process lock (fcntl.flock)
     <dir>/tmp/                           staging area for atomic writes and removals
     <dir>/stats.json, stats.lock         hit/miss figures shared by all processes
@@ -36,6 +37,14 @@ Expected use by the runtime::
     else:
         ...compile (first call) mod's numba functions...
         cache.seal(key)                  # cheap no-op unless numba wrote new object code
+
+Manifests put a key computable *before* tracing in front of the entries: the runtime
+hashes the function (its source, transform, options and argument signature) into ``fkey``
+and stores, per ``fkey``, what the trace depended on (helpers' source, guarded constants,
+captured arrays, how to assemble results) and the entry key.  A new process whose checks
+all hold imports the entry without tracing.  A manifest is sealed (sha256 of its body,
+owner-checked, written by atomic rename) and holds plain data only (pickle without
+classes); one whose entry is gone is dead and removed by ``verify``/``prune``/``clear``.
 
 ``seal`` must follow every compilation of a module's functions (numba may have recompiled
 after a damaged file was removed); otherwise the next process cannot trust, and so
@@ -85,6 +94,10 @@ class GradjitCacheWarning(UserWarning):
 
 FORMAT = 1
 KERNEL = "kernel.py"
+MANIFESTS = "manifests"
+MANIFEST_MAGIC = b"gradjit-manifest-1 "
+MANIFEST_SUFFIX = ".mf"
+MANIFESTS_PER_FUNCTION = 8  # versions kept per function key (helpers edited back and forth)
 META = "meta.json"
 USED = "used"
 PYCACHE = "__pycache__"
@@ -264,6 +277,39 @@ def _versions() -> dict:
         "numba": numba_version,
         "python": sys.version.split()[0],
     }
+
+
+def _seal_manifest(payload) -> bytes:
+    import pickle
+
+    body = pickle.dumps(payload, protocol=4)
+    return MANIFEST_MAGIC + _sha256(body).encode() + b"\n" + body
+
+
+def _open_manifest(data: bytes, fkey: str):
+    """The payload of a sealed manifest; raises _Damaged."""
+    import io
+    import pickle
+
+    head, sep, body = data.partition(b"\n")
+    if not sep or not head.startswith(MANIFEST_MAGIC):
+        raise _Damaged("manifest is truncated or not written by gradjit")
+    if head[len(MANIFEST_MAGIC):].decode("ascii", "replace") != _sha256(body):
+        raise _Damaged("manifest checksum mismatch (truncated or modified)")
+
+    class Plain(pickle.Unpickler):
+        def find_class(self, module, name):  # plain data only: never a class or function
+            raise _Damaged(f"manifest refers to {module}.{name}")
+
+    try:
+        payload = Plain(io.BytesIO(body)).load()
+    except _Damaged:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is damaged
+        raise _Damaged(f"manifest cannot be read ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("fkey") != fkey:
+        raise _Damaged("foreign manifest (it names another function key)")
+    return payload
 
 
 # ----------------------------------------------------------------------------------------
@@ -516,7 +562,7 @@ class DiskCache:
         self.enabled = True
 
     def _make_subdirs(self):
-        for sub in ("entries", "locks", "tmp"):
+        for sub in ("entries", "locks", "tmp", MANIFESTS):
             p = self._path(sub)
             try:
                 os.mkdir(p, 0o700)
@@ -900,6 +946,197 @@ class DiskCache:
         _write_file(tmp, _dump_meta(meta))
         os.replace(tmp, os.path.join(edir, META))
 
+    # -- manifests ----------------------------------------------------------------------------
+
+    def _manifest_dir(self, fkey):
+        return self._path(MANIFESTS, fkey)
+
+    def manifests(self, fkey: str) -> list:
+        """``(name, payload)`` of every sound manifest of ``fkey``, most recently used first.
+        Damaged ones are reported with a warning and removed."""
+        _check_key(fkey)
+        if not self.enabled:
+            return []
+        mdir = self._manifest_dir(fkey)
+        try:
+            st = os.lstat(mdir)
+            names = os.listdir(mdir)
+        except OSError:
+            return []
+        try:
+            if not stat.S_ISDIR(st.st_mode):
+                raise _Damaged("manifest directory is not a directory")
+            _check_owner(st, "manifest directory", is_dir=True)
+        except _Damaged as d:
+            self._drop_manifest(fkey, None, d)
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(MANIFEST_SUFFIX):
+                continue
+            path = os.path.join(mdir, name)
+            try:
+                data = _read_private(path, "manifest")
+                payload = _open_manifest(data, fkey)
+                used = os.lstat(path).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            except _Damaged as d:
+                self._drop_manifest(fkey, name, d)
+                continue
+            except OSError:
+                continue
+            found.append((used, name, payload))
+        found.sort(key=lambda t: t[0], reverse=True)
+        return [(name, payload) for _, name, payload in found]
+
+    def store_manifest(self, fkey: str, payload: dict):
+        """Write (or refresh) a manifest of ``fkey`` atomically; keep the most recent few.
+        Returns its name (None if nothing was written)."""
+        _check_key(fkey)
+        if not self.enabled:
+            return None
+        data = _seal_manifest(dict(payload, fkey=fkey))
+        # named by content (its creation time aside): processes that traced the same thing
+        # at once write one file, not one each
+        stable = _seal_manifest({k: v for k, v in payload.items() if k != "created"})
+        name = hashlib.sha256(stable).hexdigest()[:32] + MANIFEST_SUFFIX
+        mdir = self._manifest_dir(fkey)
+        tmp = self._path("tmp", f"{fkey[:24]}.{name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            try:
+                os.mkdir(mdir, 0o700)
+            except FileExistsError:
+                _check_owner(os.lstat(mdir), "manifest directory", is_dir=True)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            _write_file(tmp, data)
+            now = time.time_ns()  # explicit: the kernel's own timestamps are coarse (jiffies)
+            os.utime(tmp, ns=(now, now))
+            os.replace(tmp, os.path.join(mdir, name))
+        except (OSError, _Damaged):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return None
+        try:  # the oldest beyond the limit go
+            names = [n for n in os.listdir(mdir) if n.endswith(MANIFEST_SUFFIX)]
+            if len(names) > MANIFESTS_PER_FUNCTION:
+                aged = sorted(names, key=lambda n: self._mtime(os.path.join(mdir, n)))
+                for n in aged[: len(names) - MANIFESTS_PER_FUNCTION]:
+                    os.unlink(os.path.join(mdir, n))
+        except OSError:
+            pass
+        return name
+
+    @staticmethod
+    def _mtime(path):
+        try:
+            return os.lstat(path).st_mtime_ns
+        except OSError:
+            return 0
+
+    def touch_manifest(self, fkey: str, name: str) -> None:
+        """Mark a manifest as just used (the most recent is tried first)."""
+        try:
+            now = time.time_ns()
+            os.utime(os.path.join(self._manifest_dir(fkey), name), ns=(now, now))
+        except OSError:
+            pass
+
+    def remove_manifest(self, fkey: str, name: str | None = None) -> None:
+        """Remove one manifest of ``fkey`` (or all of them)."""
+        _check_key(fkey)
+        mdir = self._manifest_dir(fkey)
+        if name is None:
+            if os.path.isdir(mdir) and not os.path.islink(mdir):
+                _rmtree(mdir)
+            else:
+                try:
+                    os.unlink(mdir)
+                except OSError:
+                    pass
+            return
+        try:
+            os.unlink(os.path.join(mdir, name))
+        except OSError:
+            pass
+
+    def _drop_manifest(self, fkey, name, damage):
+        _warn(
+            self.directory,
+            "manifest",
+            f"gradjit cache: manifest {fkey}/{name or ''} in {self.directory} is damaged "
+            f"({damage}); it is removed and will be rebuilt",
+            once=False,
+        )
+        self.remove_manifest(fkey, name)
+
+    def _manifest_files(self):
+        """(fkey, name, path) of every manifest file (unchecked)."""
+        root = self._path(MANIFESTS)
+        try:
+            fkeys = sorted(os.listdir(root))
+        except OSError:
+            return []
+        out = []
+        for fkey in fkeys:
+            mdir = os.path.join(root, fkey)
+            try:
+                names = sorted(os.listdir(mdir))
+            except OSError:
+                out.append((fkey, None, mdir))
+                continue
+            out.extend((fkey, n, os.path.join(mdir, n)) for n in names)
+        return out
+
+    def manifest_count(self) -> int:
+        """How many manifests the directory holds."""
+        return sum(1 for _, n, _ in self._manifest_files() if n and n.endswith(MANIFEST_SUFFIX))
+
+    def _check_manifests(self, remove_dead=True):
+        """Remove damaged manifests (returned as problems) and, with ``remove_dead``, those
+        whose entry is gone (dead: not a problem, e.g. after prune)."""
+        problems = []
+        if not self._readable:
+            return problems
+        live = set(self._keys())
+        for fkey, name, path in self._manifest_files():
+            try:
+                if not _KEY_RE.match(fkey):
+                    raise _Damaged("foreign file in the manifest directory")
+                if name is None or not name.endswith(MANIFEST_SUFFIX):
+                    raise _Damaged("foreign file in the manifest directory")
+                payload = _open_manifest(_read_private(path, "manifest"), fkey)
+            except FileNotFoundError:
+                continue
+            except (OSError, _Damaged) as d:
+                problems.append((f"manifest {fkey}/{name or ''}", str(d)))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    _rmtree(path)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                continue
+            if remove_dead and payload.get("entry") not in live:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        for fkey, name, path in self._manifest_files():
+            if name is None:
+                continue
+            try:  # drop emptied function directories
+                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass
+        return problems
+
     # -- statistics ---------------------------------------------------------------------------
 
     def _count(self, hit):
@@ -1051,6 +1288,8 @@ class DiskCache:
                     continue
             if self._remove_key(info["key"]):
                 removed += 1
+        if removed:
+            self._check_manifests()
         self._clean_tmp(max_age=3600)
         return removed
 
@@ -1073,6 +1312,8 @@ class DiskCache:
             if self._remove_key(key, blocking=False):
                 total -= size
                 removed += 1
+        if removed:
+            self._check_manifests()
         return removed
 
     def _auto_prune(self, protect):
@@ -1124,6 +1365,7 @@ class DiskCache:
                     problems.append((name, str(d)))
                     self._remove_locked(name)
                     self._drop_lock_file(lk, name)
+        problems.extend(self._check_manifests())
         self._clean_tmp(max_age=3600)
         return problems
 

@@ -24,7 +24,19 @@ from ..compiler.ir import Var, verify
 from ..compiler.tracing import Builder, Tracer, building, make_graph
 from ..errors import GradjitError, ShapeError, TraceError
 from . import pytree
-from .signature import arg_key, aval_for, describe, prepare
+from .signature import (
+    LIBRARIES,
+    TOKENS,
+    Unstorable,
+    arg_key,
+    aval_for,
+    decode_tree,
+    describe,
+    encode_tree,
+    leaf_token,
+    prepare,
+    value_token,
+)
 
 DEBUG = int(os.environ.get("GRADJIT_DEBUG", "0") or 0)
 
@@ -42,6 +54,10 @@ class CacheInfo:
     memory_entries: int = 0
     disk_entries: int = 0
     disk_hits: int = 0
+    # functions traced (one per compiled signature; a disk-cache hit through a manifest
+    # traces nothing); manifest_hits: such hits
+    traces: int = 0
+    manifest_hits: int = 0
 
 
 _stats = CacheInfo()
@@ -49,7 +65,10 @@ _all_caches = []  # every transform's memory cache, for cache_info/clear_cache
 
 
 def cache_info():
-    """Counters of this process: hits, misses, compiles, memory_entries, disk_entries."""
+    """Counters of this process: hits, misses, compiles, memory_entries, disk_entries,
+    disk_hits, traces (functions traced, one per new signature; none when a disk-cache
+    manifest supplies the kernel, as in a new process whose functions are all cached) and
+    manifest_hits."""
     info = CacheInfo(**vars(_stats))
     info.memory_entries = sum(len(c) for c in _all_caches)
     dc = disk_cache()
@@ -101,12 +120,24 @@ class Traced:
     sources: dict
     qualname: str
     loc: str
+    reads: list = None  # frontend.RECORD reads of the whole trace (the outermost only)
 
 
 def trace(fun, args, static=None):
     """Trace ``fun`` on leaves shaped like ``args`` (a tuple of pytrees)."""
     static = static or {}
     interp = frontend.Interpreter()
+    outermost = getattr(frontend.RECORD, "reads", None) is None
+    if outermost:  # nested traces (transforms used inside) record into the same list
+        frontend.RECORD.reads = []
+    try:
+        return _trace(fun, args, static, interp, frontend.RECORD.reads if outermost else None)
+    finally:
+        if outermost:
+            frontend.RECORD.reads = None
+
+
+def _trace(fun, args, static, interp, reads):
     with building(Builder()) as b:
         tracer_args, inputs = [], []
         for k, a in enumerate(args):
@@ -127,7 +158,7 @@ def trace(fun, args, static=None):
         cap_tracers = [t for _, t in interp.captured_inputs]
         graph = make_graph(inputs + cap_tracers, out_leaves, b)
     return Traced(graph, out_tree, [c for c, _ in interp.captured_inputs], interp.guards,
-                  interp.sources, _name(fun), _fn_loc(fun))
+                  interp.sources, _name(fun), _fn_loc(fun), reads)
 
 
 def _name(fun):
@@ -216,10 +247,35 @@ def _same_value(a, b):
 _module_counter = [0]
 
 
+_used_keys = set()
+
+
+def _seal_used():
+    """At exit: record numba's object code of every entry this process used. numba adds a
+    specialisation to an entry's files when a kernel meets a new array layout at a call;
+    unsealed, the next process would have to distrust (and recompile) those files."""
+    dc = _disk
+    if dc is None or not dc.enabled:
+        return
+    for key in sorted(_used_keys):
+        try:
+            dc.seal(key)
+        except Exception:  # noqa: BLE001, S110 - exiting: nothing to report to
+            pass
+
+
+def _used(key):
+    if not _used_keys:
+        import atexit
+        atexit.register(_seal_used)
+    _used_keys.add(key)
+
+
 def load_source(source, key, meta):
     """Import generated source: through the disk cache when available, else a private file."""
     dc = disk_cache()
     if dc is not None:
+        _used(key)
         with dc.lock(key):
             mod = dc.load(key)
             if mod is not None:
@@ -359,8 +415,7 @@ class Transformed:
 
     def _compile(self, key, args):
         _stats.misses += 1
-        low = Lowered(self, args)
-        entry = low.compile()
+        entry = _compile_with_manifests(self, args)
         self.cache[key] = entry
         return entry
 
@@ -433,23 +488,53 @@ def _hashable(a):
 
 def transform_graph(tf, traced, args, static):
     """(graph, assemble) of transform ``tf`` applied to a traced function; ``assemble`` turns
-    the graph's flat outputs into the transform's result structure."""
+    the graph's flat outputs into the transform's result structure (None: a flat tuple)."""
+    graph, spec = _transform_spec(tf, traced, args, static)
+    return graph, _assembler(spec)
+
+
+def _transform_spec(tf, traced, args, static):
+    """(graph, spec): ``spec`` describes the result structure as plain data (pytrees,
+    counts, flags), so that a disk-cache manifest can rebuild ``assemble`` without tracing."""
     g = traced.graph
     kind = tf.kind
     out_tree = traced.out_tree
-    if kind == "jit":
-        return g, lambda outs: pytree.unflatten(out_tree, outs)
+    if kind in ("jit", "vmap"):  # vmap: the batching happened while tracing (Batched._gj_inline)
+        return g, ("tree", out_tree)
     if kind in ("grad", "value_and_grad"):
         wrt, groups = tf._wrt(args, static)
         with_value = kind == "value_and_grad"
         graph = grad_graph(traced, None, wrt, tf.has_aux, with_value)
         n_out = len(g.outputs) if (with_value or tf.has_aux) else 0
         single = not isinstance(tf.argnums, (tuple, list))
-        has_aux = tf.has_aux
-        if has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
-                        or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
+        if tf.has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
+                           or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
             raise GradjitError(f"{traced.loc}: has_aux=True needs {traced.qualname} "
                                "to return a pair (scalar, aux)")
+        return graph, ("grad", out_tree, tuple((t, n) for t, n, _ in groups), single, n_out,
+                       with_value, bool(tf.has_aux))
+    if kind == "vjp":
+        wrt = list(range(len(g.inputs) - len(traced.captures)))
+        return vjp_graph(traced, wrt), None
+    if kind == "jacobian":
+        # The Jacobian as an IR transform (the vjp batched over an identity cotangent), so it
+        # composes like every other transform; one entry per output leaf, each like argnums.
+        from ..compiler.batching import jacobian_graph
+        wrt, groups = tf._wrt(args, static)
+        graph = jacobian_graph(traced, wrt, vjp_graph)
+        single = not isinstance(tf.argnums, (tuple, list))
+        return graph, ("jacobian", out_tree, tuple((t, n) for t, n, _ in groups), single, len(wrt))
+    raise GradjitError(f"{kind} cannot be used here")
+
+
+def _assembler(spec):
+    if spec is None:
+        return None
+    what, out_tree = spec[0], spec[1]
+    if what == "tree":
+        return lambda outs: pytree.unflatten(out_tree, outs)
+    if what == "grad":
+        _, _, groups, single, n_out, with_value, has_aux = spec
 
         def assemble(outs):
             vals, gs = outs[:n_out], outs[n_out:]
@@ -461,63 +546,65 @@ def transform_graph(tf, traced, args, static):
                 value = (value[0], value[1])
                 return (value, grads) if with_value else (grads, value[1])
             return value, grads
-        return graph, assemble
-    if kind == "vjp":
-        wrt = list(range(len(g.inputs) - len(traced.captures)))
-        return vjp_graph(traced, wrt), None
-    if kind == "vmap":  # the batching happened while tracing (batching.Batched._gj_inline)
-        return g, lambda outs: pytree.unflatten(out_tree, outs)
-    if kind == "jacobian":
-        return _jacobian_transform(tf, traced, args, static)
-    raise GradjitError(f"{kind} cannot be used here")
-
-
-# -- vmap / jacobian (batching.py) -------------------------------------------------------------
-
-
-def _jacobian_transform(tf, traced, args, static):
-    """The Jacobian as an IR transform (the vjp batched over an identity cotangent), so it
-    composes like every other transform; one entry per output leaf, each like ``argnums``."""
-    from ..compiler.batching import jacobian_graph
-    wrt, groups = tf._wrt(args, static)
-    graph = jacobian_graph(traced, wrt, vjp_graph)
-    single = not isinstance(tf.argnums, (tuple, list))
-    out_tree, n = traced.out_tree, len(wrt)
+        return assemble
+    _, _, groups, single, n = spec  # jacobian
 
     def assemble(outs):
         per_out = [_regroup(outs[k * n:(k + 1) * n], groups, single)
                    for k in range(len(outs) // max(n, 1))]
         return pytree.unflatten(out_tree, per_out)
-    return graph, assemble
+    return assemble
 
 
 def _regroup(flat, groups, single):
     res, pos = [], 0
-    for tree, n, _ in groups:
+    for tree, n in groups:
         res.append(pytree.unflatten(tree, flat[pos:pos + n]))
         pos += n
     return res[0] if single else tuple(res)
 
 
+def _encode_spec(spec):
+    if spec is None:
+        return None
+    what, tree, rest = spec[0], encode_tree(spec[1]), spec[2:]
+    if what == "tree":
+        return (what, tree)
+    groups = tuple((encode_tree(t), n) for t, n in rest[0])
+    return (what, tree, groups) + tuple(rest[1:])
+
+
+def _decode_spec(enc):
+    if enc is None:
+        return None
+    what, tree, rest = enc[0], decode_tree(enc[1]), enc[2:]
+    if what == "tree":
+        return (what, tree)
+    groups = tuple((decode_tree(t), n) for t, n in rest[0])
+    return (what, tree, groups) + tuple(rest[1:])
+
+
+_UNSET = object()
+
+
 class Lowered:
     """A traced and transformed function for one signature: IR, optimised IR and source."""
 
-    def __init__(self, tf, args):
+    def __init__(self, tf, args, fkey=_UNSET):
         self.tf = tf
         static = {k: args[k] for k in tf.static_argnums if k < len(args)}
+        # the manifest key is taken before tracing: what the trace then reads is recorded
+        self.fkey = _function_key(tf, args) if fkey is _UNSET else fkey
+        _stats.traces += 1
         self.traced = trace(tf.fun, args, static)
         kind = tf.kind
         self.leaves = [x for k, a in enumerate(args) if k not in static
                        for x in pytree.flatten(a)[0]]
         self.signature = describe(self.leaves)
-        target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
-        if target == "auto":
-            target = "cpu"
-        if target == "cuda":
-            raise GradjitError("target='cuda' is not available yet")
-        self.target = target
+        self.target = _resolve_target(tf)
         what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
-        graph, self.assemble = transform_graph(tf, self.traced, args, static)
+        graph, self.spec = _transform_spec(tf, self.traced, args, static)
+        self.assemble = _assembler(self.spec)
         if DEBUG >= 3:
             verify(graph)
         self.transformed = graph
@@ -529,15 +616,9 @@ class Lowered:
     def _numba_compile(self, kernel):
         """Compile (or load from numba's cache) for the argument types of this signature now,
         so that errors surface here and ahead-of-time ``warm`` stores object code."""
-        import numba
-        from numba.core.errors import NumbaError
         vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures]
-        try:
-            kernel.compile(tuple(numba.typeof(v) for v in vals))
-        except NumbaError as e:
-            raise GradjitError(f"internal error: numba could not compile the kernel for "
-                               f"{self.tf.kind} of {self.traced.qualname} ({self.traced.loc}) "
-                               f"[{self.signature}]: {str(e).splitlines()[0]}") from None
+        _numba_compile(kernel, vals, lambda: f"{self.tf.kind} of {self.traced.qualname} "
+                       f"({self.traced.loc}) [{self.signature}]")
 
     @property
     def traced_ir(self):
@@ -559,38 +640,509 @@ class Lowered:
                 "created": time.time()}
         t0 = time.perf_counter()
         mod, hit = load_source(self.source, key, meta)
+        _preload_capi(_capi_needed(self.source))
         kernel = mod.kernel
         self._numba_compile(kernel)
         dc = disk_cache()
         if dc is not None and dc.enabled:
             dc.seal(key)  # record numba's object code so later processes can trust it
+            if self.fkey:
+                _write_manifest(dc, self, key)
         if not hit:
             _stats.compiles += 1
         if DEBUG >= 1:
             print(f"[gradjit] {'disk hit' if hit else 'compile'} {self.tf.kind} "
                   f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
                   file=sys.stderr)
-        e = Entry()
-        e.kernel = kernel
-        e.captures = self.traced.captures
-        e.guards = self.traced.guards
-        # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
-        e.check = bool(e.guards or e.captures)
-        e.guard_values = [c.value for c in self.traced.guards]
-        e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in self.leaves)
+        e = _entry(kernel, self.traced.captures, self.traced.guards, self.leaves,
+                   [(a.dtype, a.ndim) for a in self.result_avals()], self.assemble)
         e.graph = self.optimized
         e.source = self.source
         e.traced = self.traced.graph
         e.optimized = self.optimized
-        convs = [_converter(a) for a in self.result_avals()]
-        assemble = self.assemble
-        e.n_out = len(convs)
-        e.post = _post(convs, assemble)
         return e
 
     def result_avals(self):
         """Avals of what the kernel returns (a bare value when there is one result)."""
         return [a.aval for a in self.optimized.outputs]
+
+
+# numba's BLAS and LAPACK calls find their function pointers at the first call by importing
+# scipy.linalg.cython_blas / cython_lapack; importing those through their package imports all
+# of scipy.linalg (about half a second). A kernel that needs them gets just the two extension
+# modules, loaded under their own names (a later ``import scipy.linalg`` works as usual).
+_SCIPY_CAPI = (("cython_blas", ("np.dot(", "np.linalg.")), ("cython_lapack", ("np.linalg.",)))
+
+
+def _capi_needed(source):
+    return [name for name, marks in _SCIPY_CAPI if any(m in source for m in marks)]
+
+
+def _preload_capi(names):
+    for name in names:
+        full = "scipy.linalg." + name
+        if full in sys.modules or "scipy.linalg" in sys.modules:
+            continue
+        try:
+            import importlib.machinery
+
+            import scipy
+            d = os.path.join(os.path.dirname(scipy.__file__), "linalg")
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                path = os.path.join(d, name + suffix)
+                if os.path.exists(path):
+                    break
+            else:
+                continue
+            spec = importlib.util.spec_from_file_location(
+                full, path, loader=importlib.machinery.ExtensionFileLoader(full, path))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[full] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                sys.modules.pop(full, None)
+                raise
+        except Exception:  # noqa: BLE001, S112 - numba then imports it the usual way
+            continue
+
+
+def _resolve_target(tf):
+    target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
+    if target == "auto":
+        target = "cpu"
+    if target == "cuda":
+        raise GradjitError("target='cuda' is not available yet")
+    return target
+
+
+def _numba_compile(kernel, vals, what):
+    import numba
+    from numba.core.errors import NumbaError
+    try:
+        kernel.compile(tuple(numba.typeof(v) for v in vals))
+    except NumbaError as e:
+        raise GradjitError(f"internal error: numba could not compile the kernel for {what()}: "
+                           f"{str(e).splitlines()[0]}") from None
+
+
+def _numba_load(kernel, vals, what):
+    """``_numba_compile`` of a kernel expected in numba's object-code cache, without the
+    full refresh of numba's CPU target that loading begins with (importing every
+    implementation registry, and scipy for a BLAS probe: most of a new process's first call).
+    Loading object code needs only numba's runtime (NRT) initialised; should numba compile
+    instead (a cache miss), its compiler refreshes the target as usual."""
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.runtime import rtsys
+        ctx = kernel.targetctx
+    except (ImportError, AttributeError):  # another numba: the plain way
+        return _numba_compile(kernel, vals, what)
+    with global_compiler_lock:  # no other thread compiles while refresh is replaced
+        if "refresh" in vars(ctx):
+            return _numba_compile(kernel, vals, what)
+
+        def once():
+            del ctx.refresh  # the next refresh (a compile) is the real one
+            rtsys.initialize(ctx)
+        ctx.refresh = once
+        try:
+            _numba_compile(kernel, vals, what)
+        finally:
+            vars(ctx).pop("refresh", None)
+
+
+def _entry(kernel, captures, guards, leaves, results, assemble):
+    """The Entry of a kernel; ``results``: (dtype, rank) of what the kernel returns."""
+    e = Entry()
+    e.kernel = kernel
+    e.captures = captures
+    e.guards = guards
+    # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
+    e.check = bool(e.guards or e.captures)
+    e.guard_values = [c.value for c in guards]
+    e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in leaves)
+    e.graph = e.source = e.traced = e.optimized = None
+    convs = [_convert_to(dt, nd) for dt, nd in results]
+    e.n_out = len(convs)
+    e.post = _post(convs, assemble)
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests: disk-cache hits in a new process without tracing
+#
+# The disk entry's key hashes the generated source, known only after tracing. A manifest,
+# stored under a key computable before tracing (function, transform, options, argument
+# signature, versions), records what the trace depended on: the source text of every
+# function it inlined, the values of the globals/closure cells it baked in and how to find
+# them again, the arrays it reads at every call, and how to assemble the results. A process
+# whose checks all hold imports the entry's kernel and builds the Entry without tracing.
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST_FORMAT = 1
+
+
+def _transformed_token(tf):
+    return ("tf", tf.kind, value_token(tf.argnums), bool(tf.has_aux),
+            value_token(tf.static_argnums), tf.target, value_token(tf.fun))
+
+
+def _batched_token(b):
+    return ("vmap", value_token(b.in_axes), value_token(b.out_axes), value_token(b.fun))
+
+
+_env = []
+
+
+def _env_token():
+    """Versions and machine: a kernel is only reused where it was built for."""
+    if not _env:
+        import platform
+
+        import numba
+
+        from .. import __version__
+        cpu_name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu_name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        scipy = sys.modules.get("scipy")  # (imported by numba) static calls may use it
+        _env.append((__version__, _PACKAGE_STAMP, numba.__version__, np.__version__,
+                     getattr(scipy, "__version__", None), sys.version, cpu_name))
+    return _env[0] + (os.environ.get("GRADJIT_TARGET", ""),)
+
+
+def _package_stamp():
+    """gradjit's own files (path, size, mtime): a manifest skips the compiler, so one
+    written by other compiler code (a development tree, an upgrade without a new version
+    number) must not be used."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                h.update(f"{os.path.relpath(os.path.join(d, name), root)}:{st.st_size}:"
+                         f"{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+_PACKAGE_STAMP = _package_stamp()  # at import: the code this process runs (about 1 ms)
+
+
+def _function_key(tf, args):
+    """The manifest key of ``tf`` called on ``args``; None when the disk cache is off or
+    something cannot be described as plain data (every new process then traces)."""
+    if tf.kind == "vjp":
+        return None
+    dc = disk_cache()
+    if dc is None or not dc.enabled:
+        return None
+    _register_tokens()
+    try:
+        sig = []
+        for k, a in enumerate(args):
+            if k in tf.static_argnums:
+                sig.append(("static", value_token(a)))
+            else:
+                leaves, tree = pytree.flatten(a)
+                sig.append((encode_tree(tree), tuple(leaf_token(x) for x in leaves)))
+        what = (MANIFEST_FORMAT, _transformed_token(tf), tuple(sig), _env_token())
+        import pickle
+        return hashlib.sha256(pickle.dumps(what, protocol=4)).hexdigest()
+    except (Unstorable, GradjitError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _register_tokens():
+    if Transformed not in TOKENS:
+        from ..compiler.batching import Batched
+        TOKENS[Transformed] = _transformed_token
+        TOKENS[Batched] = _batched_token
+
+
+def _file_stamp(path):
+    """(size, mtime_ns, sha256, text) of a source file, read consistently."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    st2 = os.stat(path)
+    if (st.st_size, st.st_mtime_ns) != (st2.st_size, st2.st_mtime_ns):
+        raise Unstorable(f"{path} changed while being read")
+    return st2.st_size, st2.st_mtime_ns, hashlib.sha256(data).hexdigest(), data.decode("utf-8")
+
+
+def _segment_at(text, line, seg):
+    """Whether ``seg`` (a def or lambda's source) starts on line ``line`` of ``text``."""
+    lines = text.splitlines(keepends=True)
+    if not 1 <= line <= len(lines):
+        return False
+    pos = sum(len(x) for x in lines[:line - 1])
+    i = text.find(seg, pos)
+    return i != -1 and i < pos + len(lines[line - 1])
+
+
+def _is_wrapper(obj):
+    from ..compiler.batching import Batched
+    return isinstance(obj, (Transformed, Batched))
+
+
+def _describe_trace(low, entry_key):
+    """The manifest payload of a Lowered (raises Unstorable)."""
+    import types
+    traced = low.traced
+    files, segments = {}, []
+    texts = {}
+    for (path, line), (qualname, seg) in traced.sources.items():
+        if path not in texts:
+            try:
+                size, mtime, digest, texts[path] = _file_stamp(path)
+            except (OSError, UnicodeDecodeError):
+                raise Unstorable(f"cannot read {path}") from None
+            files[path] = (size, mtime, digest)
+        if not _segment_at(texts[path], line, seg):  # module edited since it was imported
+            raise Unstorable(f"{qualname} differs from {path}:{line}")
+        segments.append((path, line, seg))
+
+    # How to find every function whose closure cells were read, from the transform itself
+    # (its .fun chain) or from globals and cells read on the way.
+    known = {}  # id(function or cell) -> path
+
+    def register(obj, path):
+        if id(obj) in known:
+            return
+        known[id(obj)] = path
+        if _is_wrapper(obj):
+            register(obj.fun, ("fun", path))
+        elif isinstance(obj, types.FunctionType):
+            for i, cell in enumerate(obj.__closure__ or ()):
+                known.setdefault(id(cell), ("cell", path, i))
+
+    register(low.tf, ("root",))
+    reads = traced.reads or []
+    statics = [frontend.Capture(r[1], r[2], r[3], r[4]) for r in reads if r[0] == "cap"]
+    caps = list(traced.guards) + list(traced.captures) + statics
+    attrs = [r for r in reads if r[0] == "attr"]
+    absent = set()
+    for r in reads:
+        if r[0] == "absent":
+            mod = r[1].get("__name__")
+            if getattr(sys.modules.get(mod), "__dict__", None) is not r[1]:
+                raise Unstorable(f"builtin '{r[2]}' read from an unknown module")
+            absent.add((mod, r[2]))
+
+    def where_path(cap):
+        if cap.kind == "global":
+            mod = cap.where.get("__name__")
+            if not isinstance(mod, str) or getattr(sys.modules.get(mod), "__dict__", None) \
+                    is not cap.where:
+                raise Unstorable(f"global '{cap.name}' of an unknown module")
+            return ("g", mod, cap.name)
+        cp = known.get(id(cap.where))
+        return None if cp is None else ("c", cp, cap.name)
+
+    def obj_path(obj):
+        if isinstance(obj, types.ModuleType):
+            return ("mod", obj.__name__)
+        return ("type", obj.__module__, obj.__qualname__)
+
+    paths = {}
+    for _ in range(len(caps) + len(attrs) + 1):  # until every cell's owner is found
+        progress = False
+        for cap in caps:
+            if id(cap) in paths:
+                continue
+            p = where_path(cap)
+            if p is not None:
+                paths[id(cap)] = p
+                progress = True
+                register(cap.value, ("val", p))
+        for r in attrs:
+            register(r[3], ("attr", obj_path(r[1]), r[2]))
+        if not progress:
+            break
+    missing = [c.name for c in caps if id(c) not in paths]
+    if missing:
+        raise Unstorable(f"cannot find closure variable(s) {missing} again")
+
+    guards = [(paths[id(c)], value_token(c.value)) for c in traced.guards]
+    statics = [(paths[id(c)], value_token(c.value)) for c in statics]
+    arrays = [(paths[id(c)], leaf_token(c.value)) for c in traced.captures]
+    attr_reads = []
+    for _, obj, name, value in attrs:
+        if isinstance(obj, types.ModuleType) and obj.__name__.split(".")[0] in LIBRARIES \
+                or isinstance(obj, type) and obj.__module__.split(".")[0] in LIBRARIES:
+            continue  # library attributes: their versions are in the key
+        attr_reads.append((("attr", obj_path(obj), name), value_token(value)))
+    return {
+        "format": MANIFEST_FORMAT, "entry": entry_key, "files": files, "segments": segments,
+        "guards": guards, "statics": statics, "arrays": arrays, "attrs": attr_reads,
+        "absent": sorted(absent),
+        "results": [(a.dtype, a.ndim) for a in low.result_avals()],
+        "spec": _encode_spec(low.spec), "qualname": traced.qualname, "loc": traced.loc,
+        "target": low.target, "capi": _capi_needed(low.source),
+        "signature": low.signature, "created": time.time(),
+    }
+
+
+def _write_manifest(dc, low, entry_key):
+    try:
+        payload = _describe_trace(low, entry_key)
+    except Unstorable as e:
+        if DEBUG >= 1:
+            print(f"[gradjit] no manifest for {low.traced.qualname}: {e}", file=sys.stderr)
+        return
+    dc.store_manifest(low.fkey, payload)
+
+
+class _Stale(Exception):
+    """A manifest whose checks fail (its trace depended on something that changed)."""
+
+
+def _resolve(path, tf):
+    what = path[0]
+    if what == "root":
+        return tf
+    if what == "fun":
+        return _resolve(path[1], tf).fun
+    if what == "cell":
+        fn = _resolve(path[1], tf)
+        return fn.__closure__[path[2]]
+    if what == "val":
+        return _capture(path[1], tf).get()
+    if what == "mod":
+        mod = sys.modules.get(path[1])
+        if mod is None:
+            raise _Stale(f"module {path[1]} is not imported")
+        return mod
+    if what == "type":
+        obj = _resolve(("mod", path[1]), tf)
+        for part in path[2].split("."):
+            obj = getattr(obj, part)
+        return obj
+    if what == "attr":
+        return getattr(_resolve(path[1], tf), path[2])
+    raise _Stale(f"unknown path {what}")
+
+
+def _capture(path, tf):
+    """The frontend.Capture a path ("g", module, name) / ("c", cell path, name) leads to."""
+    if path[0] == "g":
+        mod = _resolve(("mod", path[1]), tf)
+        return frontend.Capture("global", mod.__dict__, path[2], None)
+    cell = _resolve(path[1], tf)
+    return frontend.Capture("cell", cell, path[2], None)
+
+
+def _check_sources(m):
+    """Raise _Stale unless every inlined function's text is still at its line. Returns the
+    files whose stamp changed while what the trace read of them did not (or {})."""
+    fresh = {}
+    for path, (size, mtime, digest) in m["files"].items():
+        st = os.stat(path)
+        if (st.st_size, st.st_mtime_ns) == (size, mtime):
+            continue
+        size, mtime, new_digest, text = _file_stamp(path)
+        fresh[path] = (size, mtime, new_digest)
+        if new_digest == digest:
+            continue
+        for p, line, seg in m["segments"]:  # edited: still the same functions, same lines?
+            if p == path and not _segment_at(text, line, seg):
+                raise _Stale(f"{path}:{line} was edited")
+    return fresh
+
+
+def _from_manifest(tf, m, args, dc):
+    """The Entry a manifest describes, if all its checks hold now; None if its entry is gone
+    (the manifest is dead); raises _Stale when something it depends on changed."""
+    try:
+        fresh = _check_sources(m)
+        guards, arrays = [], []
+        for path, token in m["guards"]:
+            cap = _capture(path, tf)
+            cap.value = cap.get()
+            if value_token(cap.value) != token:
+                raise _Stale(f"{path[-1]} changed")
+            guards.append(cap)
+        for path, token in m["statics"]:  # modules, classes, None: not re-checked per call
+            if value_token(_capture(path, tf).get()) != token:
+                raise _Stale(f"{path[-1]} changed")
+        for mod, name in m["absent"]:  # builtins: still not shadowed by a module global
+            if name in _resolve(("mod", mod), tf).__dict__:
+                raise _Stale(f"a global '{name}' now shadows the builtin")
+        for path, token in m["arrays"]:
+            cap = _capture(path, tf)
+            cap.value = cap.get()
+            if type(cap.value) is not np.ndarray or leaf_token(cap.value) != token:
+                raise _Stale(f"{path[-1]} changed")
+            arrays.append(cap)
+        for path, token in m["attrs"]:
+            if value_token(_resolve(path, tf)) != token:
+                raise _Stale(f"{path[-1]} changed")
+    except Exception as e:  # noqa: BLE001 - whatever fails to check, the manifest is not used
+        raise _Stale(f"{type(e).__name__}: {e}") from None
+    key = m["entry"]
+    with dc.lock(key):
+        mod = dc.load(key)
+    if mod is None:
+        return None
+    _used(key)
+    _stats.disk_hits += 1
+    _stats.manifest_hits += 1
+    static = set(tf.static_argnums)
+    leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
+    _preload_capi(m["capi"])
+    vals = [prepare(x) for x in leaves] + [c.value for c in arrays]
+
+    def what():
+        return f"{tf.kind} of {m['qualname']} ({m['loc']}) [{m['signature']}]"
+    if m.get("target") == "cpu":
+        _numba_load(mod.kernel, vals, what)
+    else:
+        _numba_compile(mod.kernel, vals, what)
+    dc.seal(key)
+    if fresh:  # the files' new stamps, so that later processes need not read them again
+        m["files"] = dict(m["files"], **fresh)
+        m["refresh"] = True
+    return _entry(mod.kernel, arrays, guards, leaves, m["results"],
+                  _assembler(_decode_spec(m["spec"])))
+
+
+def _compile_with_manifests(tf, args):
+    """An Entry from a manifest of the disk cache (no tracing), else traced and compiled
+    (and the manifest written)."""
+    fkey = _function_key(tf, args)
+    if fkey is not None:
+        dc = disk_cache()
+        t0 = time.perf_counter()
+        for name, m in dc.manifests(fkey):
+            try:
+                e = _from_manifest(tf, m, args, dc)
+            except _Stale as why:
+                if DEBUG >= 1:
+                    print(f"[gradjit] manifest of {m.get('qualname')} not used: {why}",
+                          file=sys.stderr)
+                continue
+            if e is None:  # its entry is gone
+                dc.remove_manifest(fkey, name)
+                continue
+            if m.pop("refresh", False):
+                if dc.store_manifest(fkey, m) not in (None, name):
+                    dc.remove_manifest(fkey, name)
+            else:
+                dc.touch_manifest(fkey, name)
+            if DEBUG >= 1:
+                print(f"[gradjit] manifest hit {tf.kind} {m['qualname']} [{m['signature']}] "
+                      f"{time.perf_counter() - t0:.3f}s", file=sys.stderr)
+            return e
+    return Lowered(tf, args, fkey=fkey).compile()
 
 
 def _post(convs, assemble):
@@ -612,11 +1164,11 @@ def _post(convs, assemble):
     return lambda out: assemble([c(o) for c, o in zip(convs, out)])
 
 
-def _converter(a):
+def _convert_to(dtype, ndim):
     """Rank-0 results come back from numba as Python numbers: give them the IR's dtype."""
-    if a.ndim:
+    if ndim:
         return _identity
-    return np.dtype(a.dtype).type
+    return np.dtype(dtype).type
 
 
 def _identity(x):

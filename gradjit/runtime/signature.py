@@ -109,3 +109,133 @@ def describe(leaves):
         parts.append(a.dtype + ("[" + ", ".join(":" if d != 1 else "1" for d in a.shape) + "]"
                                 if a.shape else ""))
     return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens: plain-data descriptions of values for the disk cache's manifests
+# ---------------------------------------------------------------------------------------------
+
+
+class Unstorable(Exception):
+    """A value the disk cache cannot describe in plain data: no manifest is written for the
+    trace that read it (every new process then traces it again)."""
+
+
+def leaf_token(x):
+    """What a trace sees of an argument leaf (or a captured array): its Python type, dtype,
+    weak typing and which axes have size 1, as plain data."""
+    a = aval_for(x)
+    return (type(x).__name__, a.dtype, a.weak, tuple(1 if d == 1 else -1 for d in a.shape))
+
+
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+# Extra token rules, by type (the runtime registers its transform objects here).
+TOKENS: dict = {}
+LIBRARIES = ("numpy", "scipy", "gradjit", "numba", "math", "builtins", "functools", "operator")
+
+
+def value_token(v, _depth=0):
+    """A plain-data description of a value read by a trace, equal exactly when a trace
+    would bake in the same thing: numbers by type and repr, arrays by content hash,
+    functions by their source. Raises Unstorable for anything else."""
+    import types
+
+    t = type(v)
+    if _depth > 20:
+        raise Unstorable("value nested too deeply")
+    if t in _PLAIN:
+        return (t.__name__, repr(v))
+    if isinstance(v, np.generic):
+        return ("np", v.dtype.str, v.tobytes().hex())
+    if t is np.ndarray:
+        if v.dtype.hasobject:
+            raise Unstorable("object array")
+        import hashlib
+
+        data = np.ascontiguousarray(v).tobytes()
+        return ("nd", v.dtype.str, v.shape, hashlib.sha256(data).hexdigest())
+    if t in (tuple, list):
+        return (t.__name__, tuple(value_token(x, _depth + 1) for x in v))
+    if t is dict:
+        items = [(value_token(k, _depth + 1), value_token(x, _depth + 1)) for k, x in v.items()]
+        return ("dict", tuple(sorted(items, key=repr)))
+    rule = TOKENS.get(t)
+    if rule is not None:
+        return rule(v)
+    if isinstance(v, types.ModuleType):
+        return ("module", v.__name__)
+    if isinstance(v, np.ufunc):
+        return ("ufunc", v.__name__)
+    if isinstance(v, types.FunctionType):
+        return function_token(v)
+    # Classes and other callables run as plain Python during the trace: only library ones
+    # (their versions are in the key), not code of the user's that could change unseen.
+    if callable(v) and _library(v):
+        return ("lib", v.__module__, getattr(v, "__qualname__", repr(v)))
+    raise Unstorable(f"a value of type {t.__name__}")
+
+
+def _library(v):
+    mod = getattr(v, "__module__", None)
+    return isinstance(mod, str) and mod.split(".")[0] in LIBRARIES
+
+
+def function_token(fn):
+    """A Python function by where it is, its compiled code and its defaults. Its source
+    text itself is checked by the manifest (every inlined function's text, at its line)."""
+    if _library(fn):
+        return ("lib", fn.__module__, fn.__qualname__)
+    return ("fn", fn.__module__, fn.__qualname__, code_digest(fn.__code__),
+            value_token(fn.__defaults__), value_token(fn.__kwdefaults__))
+
+
+def code_digest(code):
+    """sha256 of a code object's content (bytecode, names, constants, nested code): equal
+    for the same source text, cheap (no file is read)."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(c):
+        h.update(c.co_code)
+        h.update(repr((c.co_filename, c.co_qualname if hasattr(c, "co_qualname") else c.co_name,
+                       c.co_firstlineno, c.co_names, c.co_varnames, c.co_freevars,
+                       c.co_cellvars, c.co_argcount, c.co_posonlyargcount,
+                       c.co_kwonlyargcount, c.co_flags)).encode())
+        for k in c.co_consts:
+            if hasattr(k, "co_code"):
+                walk(k)
+            else:
+                h.update(repr((type(k).__name__, k)).encode())
+    walk(code)
+    return h.hexdigest()
+
+
+def encode_tree(tree):
+    """A pytree structure (runtime.pytree) as plain data; ``decode_tree`` inverts it."""
+    from .pytree import LEAF
+
+    if tree is LEAF:
+        return "*"
+    if tree is None:
+        return None
+    kind = tree[0]
+    if kind is dict:
+        for k in tree[1]:
+            value_token(k)  # keys must be plain data
+        return ("d", tree[1], tuple(encode_tree(c) for c in tree[2]))
+    if kind is tuple or kind is list:
+        return ("t" if kind is tuple else "l", tuple(encode_tree(c) for c in tree[1]))
+    raise Unstorable(f"a pytree node of type {getattr(kind, '__name__', kind)}")
+
+
+def decode_tree(enc):
+    from .pytree import LEAF
+
+    if enc == "*":
+        return LEAF
+    if enc is None:
+        return None
+    if enc[0] == "d":
+        return (dict, tuple(enc[1]), tuple(decode_tree(c) for c in enc[2]))
+    return (tuple if enc[0] == "t" else list, tuple(decode_tree(c) for c in enc[1]))
