@@ -13,6 +13,10 @@ class ShapeError(GradjitError, ValueError):
     """Operand shapes that cannot work together (names the shapes and the user's line)."""
 
 
+class IndexOutOfBounds(GradjitError, IndexError):
+    """An index (known only at run time, or into an axis whose size is) outside its axis."""
+
+
 def at(loc, msg):
     """Prefix ``msg`` with the user's ``file:line`` when known."""
     return f"{loc}: {msg}" if loc else msg

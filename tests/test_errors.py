@@ -316,3 +316,43 @@ def test_einsum_size_mismatch():
     with pytest.raises(ValueError) as ei:
         gj.jit(einsum_bad)(np.ones((2, 3)))
     assert isinstance(ei.value, gj.GradjitError) and where("einsum") in str(ei.value)
+
+
+def _read_at(x, i):
+    return x[i] * 2.0
+
+
+def _write_at(x, i):
+    out = np.zeros(3)
+    out[i] = x[0]
+    return np.sum(out)
+
+
+def _first_two(x):
+    return x[0] * x[1]
+
+
+@pytest.mark.parametrize("i", [3, 7, -4])
+def test_runtime_index_out_of_bounds_is_an_index_error_naming_the_line(i):
+    # numba does not check indices: without gradjit's check a write out of bounds corrupts memory
+    for f, line in ((_read_at, "return x[i]"), (_write_at, "out[i] = x[0]")):
+        with pytest.raises(gj.IndexOutOfBounds, match=r"test_errors\.py:\d+: index out of bounds") as e:
+            gj.grad(f)(np.ones(3), i)
+        assert isinstance(e.value, IndexError) and isinstance(e.value, gj.GradjitError)
+        assert line in open(__file__).read().splitlines()[int(str(e.value).split(":")[1]) - 1]
+    assert gj.grad(_read_at)(np.ones(3), -3).tolist() == [2.0, 0.0, 0.0]  # negative: as numpy
+    assert gj.grad(_write_at)(np.arange(3.0), 2).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_static_index_into_an_axis_of_run_time_size_is_checked():
+    g = gj.grad(_first_two)
+    assert g(np.array([2.0, 3.0, 4.0])).tolist() == [3.0, 2.0, 0.0]
+    with pytest.raises(gj.IndexOutOfBounds):
+        g(np.zeros(0))
+
+
+def test_vmap_checks_every_examples_index():
+    f = gj.vmap(_read_at, in_axes=(None, 0))
+    assert f(np.arange(3.0), np.array([0, 2, -1])).tolist() == [0.0, 4.0, 4.0]
+    with pytest.raises(gj.IndexOutOfBounds):
+        f(np.arange(3.0), np.array([0, 5]))

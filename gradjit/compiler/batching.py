@@ -230,6 +230,17 @@ def _size_rule(args, dims, **params):
                "have the same shape)")
 
 
+@register(P.check_index_p)
+def _check_index_rule(args, dims, msg):
+    # Every example's index must be in bounds: the largest and the smallest are.
+    i, n = args
+    if dims[1] is not None:
+        return _size_rule(args, dims)
+    P.check_index(P.reduce_max(i, (dims[0],)), n, msg)
+    P.check_index(P.reduce_min(i, (dims[0],)), n, msg)
+    return None, None
+
+
 # ---- reductions and scans: shift the axes ----------------------------------------------------
 
 

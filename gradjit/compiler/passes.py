@@ -75,7 +75,8 @@ def cse(graph):
             eqns.append(map_subgraphs(e, cse))
             continue
         if e.prim.kind == "check":  # the same run-time check once, with its first message
-            k = ("check", frozenset(_key(a) for a in ins))
+            k = ("check", e.prim.name, frozenset(_key(a) for a in ins)
+                 if e.prim.name == "check_eq" else tuple(_key(a) for a in ins))
             if k not in seen:
                 seen[k] = ()
                 eqns.append(e)

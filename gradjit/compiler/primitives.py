@@ -640,6 +640,38 @@ check_eq_p.fold = _check_fold
 check_eq_p.vjp = lambda ct, ins, outs, msg: (None, None)
 
 
+check_index_p = primitive(
+    "check_index", lambda i, n, msg: (), effect=True, kind="check", cpu=None, impl=None)
+
+
+def _check_index_fold(i, n, msg):
+    iv, nv = _to_static(i), _to_static(n)
+    if isinstance(iv, (int, np.integer)) and isinstance(nv, (int, np.integer)):
+        if not -nv <= iv < nv:
+            raise TraceError(msg)
+        return None
+    return NotImplemented
+
+
+check_index_p.fold = _check_index_fold
+check_index_p.vjp = lambda ct, ins, outs, msg: (None, None)
+
+
+def check_index(i, n, msg):
+    """A run-time check that index ``i`` lies in ``[-n, n)``; raises ``IndexOutOfBounds(msg)``
+    in the kernel (numba does not check indices, and a write out of bounds corrupts memory)."""
+    bind(check_index_p, i if not isinstance(i, Var) else Tracer(i),
+         n if not isinstance(n, Var) else Tracer(n), msg=msg)
+
+
+def _bounds_checked(i, n, k):
+    """Emit the run-time bounds check of index ``i`` into an axis ``k`` of size ``n`` unless
+    both are known now (then the caller has checked already)."""
+    if isinstance(i, Tracer) or isinstance(n, Var):
+        check_index(i, n, at(current_loc(), f"index out of bounds for axis {k} (an index or a "
+                                            "size known only at run time)"))
+
+
 def check_eq(a, b, msg):
     """A run-time check that two sizes agree; raises ``ShapeError(msg)`` in the kernel."""
     bind(check_eq_p, a if not isinstance(a, Var) else Tracer(a),
@@ -834,6 +866,7 @@ def index(x, idx):
                     raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
                                         f"with size {n}"))
                 spec.append(("i", i))
+            _bounds_checked(vals[-1] if isinstance(i, Tracer) else i, n, k)
         elif isinstance(i, slice):
             if isinstance(i.step, Tracer):
                 raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
@@ -1368,6 +1401,7 @@ def write_spec(x, idx):
                     raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
                                         f"with size {n}"))
                 spec.append(("i", i))
+            _bounds_checked(vals[-1] if isinstance(i, Tracer) else i, n, k)
             continue
         if not isinstance(i, slice):
             raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))

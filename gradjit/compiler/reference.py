@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GradjitError, ShapeError
+from ..errors import GradjitError, IndexOutOfBounds, ShapeError
 from .ir import Lit, Var
 
 __all__ = ["ReferenceMismatch", "evaluate", "evaluate_in"]
@@ -91,6 +91,11 @@ def evaluate_in(graph, args, outer_env=None, check=False):
     for e in graph.eqns:
         vals = [read(a) for a in e.inputs]
         prim = e.prim
+        if prim.name == "check_index":
+            i, n = (int(v) for v in vals)
+            if not -n <= i < n:
+                raise IndexOutOfBounds(e.p["msg"])
+            continue
         if prim.name == "check_eq" or getattr(prim, "kind", None) == "check":
             a, b = vals
             if int(a) != int(b):

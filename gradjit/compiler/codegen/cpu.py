@@ -37,7 +37,7 @@ import numpy as np
 import numba
 from numba import prange
 from gradjit.kernels.cpu import *  # noqa: F401,F403
-from gradjit.errors import ShapeError
+from gradjit.errors import IndexOutOfBounds, ShapeError
 
 '''
 
@@ -55,6 +55,10 @@ def lit_text(a, dtype=None):
         f = float(v)
         txt = repr(f) if np.isfinite(f) else ("np.inf" if f > 0 else ("-np.inf" if f < 0 else "np.nan"))
         return txt if dt == "float64" else f"np.{dt}({txt})"
+    if isinstance(v, float) and np.isinf(v) and dt.startswith(("int", "uint")):
+        # the identity of an integer max/min: the dtype's extreme value
+        info = np.iinfo(dt)
+        return f"np.{dt}({info.min if v < 0 else info.max})"
     if isinstance(v, float) and not v.is_integer():
         return repr(v)
     return repr(int(v))
@@ -151,6 +155,11 @@ class Emitter:
         if e.prim.kind == "check":
             a, b = e.inputs
             msg = dict(e.params)["msg"]
+            if e.prim is P.check_index_p:
+                self.emit(f"if not -{self.n(b)} <= {self.n(a)} < {self.n(b)}:",
+                          comment=self.eqn_text(e))
+                self.emit(f"raise IndexOutOfBounds({msg!r})", 2)
+                return
             self.emit(f"if {self.n(a)} != {self.n(b)}:", comment=self.eqn_text(e))
             self.emit(f"raise ShapeError({msg!r})", 2)
             return
