@@ -387,3 +387,17 @@ def test_jacobian_through_identity_seeds_against_the_closed_form():
     x3, M3 = rng.standard_normal(3), rng.standard_normal((3, 3))
     np.testing.assert_allclose(gj.jacobian(linear_map)(x3, M3),
                                (1 - np.tanh(M3 @ x3) ** 2)[:, None] * M3 + M3.T, rtol=1e-12)
+
+
+def test_general_version_is_compiled_only_when_another_size_arrives():
+    gj.clear_cache()
+    g = gj.grad(himmelblau)
+    x = np.array([1.0, 2.0])
+    np.testing.assert_allclose(g(x), himmelblau_grad(x))
+    (entry,) = g.cache.values()
+    assert entry.kernel is not entry.full and not entry.full.signatures  # small version only
+    x3 = np.array([1.0, 2.0, 5.0])
+    np.testing.assert_allclose(g(x3), np.append(himmelblau_grad(x3[:2]), 0.0))
+    assert entry.kernel is entry.full and entry.full.signatures  # switched, compiled once
+    np.testing.assert_allclose(g(x), himmelblau_grad(x))  # the general version serves 2 too
+    assert len(g.cache) == 1

@@ -290,7 +290,11 @@ def cmd_warm(args):
               file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
-            _lower(transformed, examples).compile()
+            low = _lower(transformed, examples)
+            entry = low.compile()
+            full = getattr(entry, "full", None)
+            if full is not None and full is not entry.kernel:  # ahead of time: the general
+                low._numba_compile(full)                      # version too
         except BaseException:
             print(" failed", file=sys.stderr, flush=True)
             raise

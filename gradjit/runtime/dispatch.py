@@ -22,7 +22,7 @@ from ..compiler import primitives as P
 from ..compiler.codegen import cpu
 from ..compiler.ir import Var, verify
 from ..compiler.tracing import Builder, Tracer, building, make_graph
-from ..errors import GradjitError, ShapeError, TraceError
+from ..errors import GradjitError, ShapeError, SizeFallback, TraceError
 from . import pytree
 from .signature import (
     LIBRARIES,
@@ -219,8 +219,17 @@ def vjp_graph(traced, wrt):
 class Entry:
     """One compiled (function, transform, signature): the kernel and how to call it."""
 
-    __slots__ = ("kernel", "captures", "guards", "guard_values", "post", "graph", "source",
-                 "traced", "optimized", "n_out", "has_0d", "check")
+    __slots__ = ("kernel", "full", "captures", "guards", "guard_values", "post", "graph",
+                 "source", "traced", "optimized", "n_out", "has_0d", "check")
+
+    def general(self, flat):
+        """The arguments' sizes are not those the fast entry point was specialised for: from
+        now on call the general kernel (numba compiles or loads it at this first call)."""
+        self.kernel = self.full
+        try:
+            return self.kernel(*flat, *[c.get() for c in self.captures])
+        except ShapeError as e:
+            raise ShapeError(f"{e} (argument shapes: {_shapes(flat)})") from None
 
     def guards_ok(self):
         for cap, old in zip(self.guards, self.guard_values):
@@ -349,6 +358,8 @@ class Transformed:
                 else entry.kernel(*args)
         except ShapeError as e:
             raise ShapeError(f"{e} (argument shapes: {_shapes(args)})") from None
+        except SizeFallback:
+            out = entry.general(args)
         post = entry.post
         return out if post is None else post(out)
 
@@ -373,6 +384,8 @@ class Transformed:
             out = entry.kernel(*flat, *[c.get() for c in entry.captures])
         except ShapeError as e:
             raise ShapeError(f"{e} (argument shapes: {_shapes(leaves)})") from None
+        except SizeFallback:
+            out = entry.general(flat)
         return out if entry.post is None else entry.post(out)
 
     # -- compiling -----------------------------------------------------------------------------
@@ -389,7 +402,7 @@ class Transformed:
         if entry.captures:
             raise GradjitError("numba(): the function reads arrays from globals or closures; "
                                "pass them as arguments to call it from numba code")
-        return entry.kernel
+        return entry.full
 
     def _gj_inline(self, interp, args, kwargs):
         """Called inside a function being traced: trace ``fun`` on the caller's tracers,
@@ -641,7 +654,7 @@ class Lowered:
         t0 = time.perf_counter()
         mod, hit = load_source(self.source, key, meta)
         _preload_capi(_capi_needed(self.source))
-        kernel = mod.kernel
+        kernel = _fast(mod)
         self._numba_compile(kernel)
         dc = disk_cache()
         if dc is not None and dc.enabled:
@@ -654,7 +667,7 @@ class Lowered:
             print(f"[gradjit] {'disk hit' if hit else 'compile'} {self.tf.kind} "
                   f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
                   file=sys.stderr)
-        e = _entry(kernel, self.traced.captures, self.traced.guards, self.leaves,
+        e = _entry(mod, self.traced.captures, self.traced.guards, self.leaves,
                    [(a.dtype, a.ndim) for a in self.result_avals()], self.assemble)
         e.graph = self.optimized
         e.source = self.source
@@ -752,10 +765,16 @@ def _numba_load(kernel, vals, what):
             vars(ctx).pop("refresh", None)
 
 
-def _entry(kernel, captures, guards, leaves, results, assemble):
-    """The Entry of a kernel; ``results``: (dtype, rank) of what the kernel returns."""
+def _fast(mod):
+    """The entry point to compile first: the size-specialised one when the module has it."""
+    return getattr(mod, "kernel_fast", None) or mod.kernel
+
+
+def _entry(mod, captures, guards, leaves, results, assemble):
+    """The Entry of a kernel module; ``results``: (dtype, rank) of what the kernel returns."""
     e = Entry()
-    e.kernel = kernel
+    e.kernel = _fast(mod)
+    e.full = mod.kernel
     e.captures = captures
     e.guards = guards
     # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
@@ -1104,14 +1123,14 @@ def _from_manifest(tf, m, args, dc):
     def what():
         return f"{tf.kind} of {m['qualname']} ({m['loc']}) [{m['signature']}]"
     if m.get("target") == "cpu":
-        _numba_load(mod.kernel, vals, what)
+        _numba_load(_fast(mod), vals, what)
     else:
-        _numba_compile(mod.kernel, vals, what)
+        _numba_compile(_fast(mod), vals, what)
     dc.seal(key)
     if fresh:  # the files' new stamps, so that later processes need not read them again
         m["files"] = dict(m["files"], **fresh)
         m["refresh"] = True
-    return _entry(mod.kernel, arrays, guards, leaves, m["results"],
+    return _entry(mod, arrays, guards, leaves, m["results"],
                   _assembler(_decode_spec(m["spec"])))
 
 
@@ -1221,7 +1240,11 @@ def _vjp_cache(fun):
         else:
             _stats.hits += 1
         flat = [prepare(x) for x in leaves] + [prepare(c) for c in cts]
-        return entry.post(entry.kernel(*flat, *[c.get() for c in entry.captures]))
+        try:
+            out = entry.kernel(*flat, *[c.get() for c in entry.captures])
+        except SizeFallback:
+            out = entry.general(flat)
+        return entry.post(out)
     return run
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import numba
 from numba import prange
 from gradjit.kernels.cpu import *  # noqa: F401,F403
-from gradjit.errors import IndexOutOfBounds, ShapeError
+from gradjit.errors import IndexOutOfBounds, ShapeError, SizeFallback
 
 '''
 
@@ -792,7 +792,10 @@ def emit_source(graph, what="kernel", target="cpu", jit=True, fname="kernel", he
     fn = (_function(small, target, jit, f"{fname}_small", rename=True)
           + "\n" + _function(graph, target, jit, f"{fname}_any", rename=True)
           + f"\n{deco}def {fname}({call}):\n    if {guard}:\n        return {fname}_small({call})\n"
-          f"    return {fname}_any({call})\n")
+          f"    return {fname}_any({call})\n"
+          # what the runtime compiles first: the general version only when another size comes
+          + f"\n\n{deco}def {fname}_fast({call}):\n    if {guard}:\n"
+          f"        return {fname}_small({call})\n    raise SizeFallback()\n")
     return (HEADER.format(what=what) if header else "") + fn
 
 
