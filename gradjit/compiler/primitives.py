@@ -826,6 +826,54 @@ slicelen_p = primitive(
     vjp=lambda ct, ins, outs: (None,) * 4)
 
 
+def _slice_spec(x, idx):
+    """``(spec, dynamic values, sizes, dynamic sizes)`` of ``slice_p``/``slice_set_p`` for basic
+    indices ``idx`` (ints and slices, one per axis of ``x``); run-time indices are checked."""
+    spec, vals, sizes, size_in = [], [], [], []
+    for k, (i, n) in enumerate(zip(idx, shape_of(x))):
+        if _is_int(i):
+            if isinstance(i, Tracer):
+                spec.append(("i", DYN))
+                vals.append(cast(i, "int64"))
+            else:
+                i = int(i)
+                if isinstance(n, int) and not -n <= i < n:
+                    raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
+                                        f"with size {n}"))
+                spec.append(("i", i))
+            _bounds_checked(vals[-1] if isinstance(i, Tracer) else i, n, k)
+            continue
+        if not isinstance(i, slice):
+            raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))
+        if isinstance(i.step, Tracer):
+            raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
+        step = 1 if i.step is None else int(i.step)
+        if step == 0:
+            raise TraceError(at(current_loc(), "slice step cannot be zero"))
+        bounds = []
+        for b in (i.start, i.stop):
+            if isinstance(b, Tracer):
+                bounds.append(DYN)
+                vals.append(cast(b, "int64"))
+            else:
+                bounds.append(None if b is None else int(b))
+        spec.append(("s", bounds[0], bounds[1], step))
+        if i.start is None and i.stop is None and step == 1:
+            length = n
+        else:
+            lo = _NONE if i.start is None else i.start
+            hi = _NONE if i.stop is None else i.stop
+            length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
+        if isinstance(length, Tracer):
+            length = length.ivar
+        if isinstance(length, Var):
+            sizes.append(DYN)
+            size_in.append(Tracer(length))
+        else:
+            sizes.append(int(length))
+    return tuple(spec), vals, tuple(sizes), size_in
+
+
 def index(x, idx):
     """``x[idx]`` for ints, slices, None/newaxis, Ellipsis, tuples and integer arrays."""
     if not isinstance(idx, tuple):
@@ -852,55 +900,11 @@ def index(x, idx):
         else:
             real.append(i)
             out_rank += 0 if _is_int(i) else 1
-    spec, vals, sizes, size_in = [], [], [], []
-    xshape = shape_of(x)
-    for k, i in enumerate(real):
-        n = xshape[k]
-        if _is_int(i):
-            if isinstance(i, Tracer):
-                spec.append(("i", DYN))
-                vals.append(cast(i, "int64"))
-            else:
-                i = int(i)
-                if isinstance(n, int) and not -n <= i < n:
-                    raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
-                                        f"with size {n}"))
-                spec.append(("i", i))
-            _bounds_checked(vals[-1] if isinstance(i, Tracer) else i, n, k)
-        elif isinstance(i, slice):
-            if isinstance(i.step, Tracer):
-                raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
-            step = 1 if i.step is None else int(i.step)
-            if step == 0:
-                raise TraceError(at(current_loc(), "slice step cannot be zero"))
-            bounds = []
-            for v in (i.start, i.stop):
-                if isinstance(v, Tracer):
-                    bounds.append(DYN)
-                    vals.append(cast(v, "int64"))
-                else:
-                    bounds.append(None if v is None else int(v))
-            spec.append(("s", bounds[0], bounds[1], step))
-            if i.start is None and i.stop is None and step == 1:
-                length = n
-            else:
-                lo = _NONE if i.start is None else i.start
-                hi = _NONE if i.stop is None else i.stop
-                length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
-            if isinstance(length, Tracer):
-                length = length.ivar
-            if isinstance(length, Var):
-                sizes.append(DYN)
-                size_in.append(Tracer(length))
-            else:
-                sizes.append(int(length))
-        else:
-            raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))
-    spec = tuple(spec)
+    spec, vals, sizes, size_in = _slice_spec(x, real)
     if all(s == ("s", None, None, 1) for s in spec):
         y = x
     else:
-        y = bind(slice_p, x, *vals, *size_in, spec=spec, sizes=tuple(sizes))
+        y = bind(slice_p, x, *vals, *size_in, spec=spec, sizes=sizes)
     if new_axes:
         shape = list(shape_of(y))
         for a in new_axes:
@@ -1389,49 +1393,7 @@ def write_spec(x, idx):
         raise TraceError(at(current_loc(), f"too many indices ({len(idx)}) for an array of "
                             f"rank {nd}"))
     idx = idx + (slice(None),) * (nd - len(idx))
-    spec, vals, sizes, size_in = [], [], [], []
-    for k, (i, n) in enumerate(zip(idx, shape_of(x))):
-        if _is_int(i):
-            if isinstance(i, Tracer):
-                spec.append(("i", DYN))
-                vals.append(cast(i, "int64"))
-            else:
-                i = int(i)
-                if isinstance(n, int) and not -n <= i < n:
-                    raise TraceError(at(current_loc(), f"index {i} is out of bounds for axis {k} "
-                                        f"with size {n}"))
-                spec.append(("i", i))
-            _bounds_checked(vals[-1] if isinstance(i, Tracer) else i, n, k)
-            continue
-        if not isinstance(i, slice):
-            raise TraceError(at(current_loc(), f"unsupported index of type {type(i).__name__}"))
-        if isinstance(i.step, Tracer):
-            raise TraceError(at(current_loc(), "a slice step must be known at compile time"))
-        step = 1 if i.step is None else int(i.step)
-        if step == 0:
-            raise TraceError(at(current_loc(), "slice step cannot be zero"))
-        bounds = []
-        for b in (i.start, i.stop):
-            if isinstance(b, Tracer):
-                bounds.append(DYN)
-                vals.append(cast(b, "int64"))
-            else:
-                bounds.append(None if b is None else int(b))
-        spec.append(("s", bounds[0], bounds[1], step))
-        if i.start is None and i.stop is None and step == 1:
-            length = n
-        else:
-            lo = _NONE if i.start is None else i.start
-            hi = _NONE if i.stop is None else i.stop
-            length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
-        if isinstance(length, Tracer):
-            length = length.ivar
-        if isinstance(length, Var):
-            sizes.append(DYN)
-            size_in.append(Tracer(length))
-        else:
-            sizes.append(int(length))
-    return tuple(spec), vals, tuple(sizes), size_in
+    return _slice_spec(x, idx)
 
 
 def index_update(x, idx, v):
