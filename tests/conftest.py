@@ -12,6 +12,7 @@ if REPO not in sys.path:
 os.environ.setdefault("GRADJIT_CACHE_DIR", os.path.join(REPO, ".gradjit-cache"))
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 # Each new signature costs a numba compile: keep example counts modest, no deadline (the
@@ -30,3 +31,15 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gradjit"))
 
+
+
+@pytest.fixture(scope="module")
+def module_cache_dir(tmp_path_factory):
+    """A fresh disk-cache directory for one test module (its compile counts are its own)."""
+    from gradjit.runtime import dispatch
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GRADJIT_CACHE_DIR", str(tmp_path_factory.mktemp("gradjit-cache")))
+    dispatch.reset_disk_cache()
+    yield
+    mp.undo()
+    dispatch.reset_disk_cache()

@@ -13,7 +13,6 @@ import pytest
 
 import gradjit as gj
 from gradjit.compiler.ir import verify
-from gradjit.runtime import dispatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -22,15 +21,8 @@ import local_arrays as L  # noqa: E402  (the shipped workloads)
 HERE = os.path.basename(__file__)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    """A fresh cache directory, so compile counts are this module's own."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GRADJIT_CACHE_DIR", str(tmp_path_factory.mktemp("gradjit-cache")))
-    dispatch.reset_disk_cache()
-    yield
-    mp.undo()
-    dispatch.reset_disk_cache()
+# a fresh cache directory, so compile counts are this module's own (conftest.py)
+pytestmark = pytest.mark.usefixtures("module_cache_dir")
 
 
 def central(f, x, h=1e-6, coords=None):

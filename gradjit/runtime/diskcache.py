@@ -1115,13 +1115,7 @@ class DiskCache:
                 continue
             except (OSError, _Damaged) as d:
                 problems.append((f"manifest {fkey}/{name or ''}", str(d)))
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _rmtree(path)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                _remove(path)
                 continue
             if remove_dead and payload.get("entry") not in live:
                 try:
@@ -1343,13 +1337,7 @@ class DiskCache:
             if not _KEY_RE.match(name):
                 problems.append((name, "foreign file in the cache directory"))
                 path = self._path("entries", name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _rmtree(path)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                _remove(path)
                 continue
             with self.lock(name) as lk:
                 try:
@@ -1386,6 +1374,17 @@ class DiskCache:
 
 
 _NEEDS_REPAIR = object()
+
+
+def _remove(path):
+    """Remove a file or a directory tree; whatever is already gone is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        _rmtree(path)
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _rmtree(path):
