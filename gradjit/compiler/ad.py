@@ -9,10 +9,10 @@ cotangents of values used several times, undoing broadcasting, skipping zeros an
 
 from __future__ import annotations
 
-from ..errors import GradjitError
+from ..errors import GradjitError, at
 from . import primitives as P
 from .ir import Lit, Var
-from .tracing import Tracer, location
+from .tracing import Tracer, current_loc, location
 
 
 def _reader(env):
@@ -86,6 +86,8 @@ def unbroadcast(ct, target_shape, dtype):
 
 def materialize(ct, aval):
     """A full-shape gradient of ``aval``'s dtype from a lazily broadcast cotangent (or zero)."""
+    if ct is None and aval.dtype.startswith("tape:"):
+        return ZERO_TAPE(aval)
     if ct is None:
         return P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0.0, aval.dtype)
     ct = P.cast(ct, aval.dtype) if P.dtype_of(ct) != aval.dtype else ct
@@ -103,6 +105,9 @@ def materialize(ct, aval):
     if not isinstance(ct, Tracer) and aval.shape == ():
         ct = P.cast(ct, aval.dtype)
     return ct
+
+
+ZERO_TAPE = None  # aval -> an empty tape (set by control, which declares the tapes)
 
 
 def _indexed_update_of_zeros(c):
@@ -126,17 +131,28 @@ def add_cotangents(a, b):
                 and P.dtype_of(x) == P.dtype_of(y):
             rest = [Tracer(q) if isinstance(q, Var) else q.value for q in e.inputs[1:]]
             return P.bind(e.prim, x, *rest, **e.p)
+    if P.dtype_of(a).startswith("tape:"):
+        raise reread_tape_error()
     return P.add(a, b)
+
+
+def reread_tape_error():
+    # A second derivative pops a loop's tape twice (its backward loop, then the adjoint of that
+    # loop, which rewinds the tape); the cotangents of the two reads would have to meet at
+    # positions of the buffer, which a stack of cotangents cannot express.
+    return GradjitError(at(current_loc(), "a third derivative through a loop that keeps a tape "
+                           "(a loop whose backward pass needs values of earlier iterations) is "
+                           "not supported; first and second derivatives are"))
 
 
 def vjp(graph, args, out_cts, wrt):
     """Replay ``graph`` on ``args`` and return (outputs, cotangents of the inputs in ``wrt``).
 
     ``out_cts`` holds one cotangent per graph output (None for zero)."""
-    active = {graph.inputs[i] for i in wrt if graph.inputs[i].aval.is_float}
+    active = {graph.inputs[i] for i in wrt if graph.inputs[i].aval.is_diff}
     for e in graph.eqns:
         if e.prim.vjp is not None and any(isinstance(a, Var) and a in active for a in e.inputs):
-            active.update(v for v in e.outputs if v.aval.is_float)
+            active.update(v for v in e.outputs if v.aval.is_diff)
     residuals = {}  # eqn -> what its forward hook saved (control flow: loops' tapes)
     outs, env = replay(graph, args, active, residuals)
     read = _reader(env)
@@ -168,7 +184,7 @@ def vjp(graph, args, out_cts, wrt):
                 res = e.prim.vjp_bwd(tuple(ct_out), [read(a) for a in e.inputs],
                                      [read(v) for v in e.outputs], residuals[e], **e.p)
             elif e.prim.multiple_results:
-                ct_out = [c if c is not None else P.zeros(shape(v), v.aval.dtype)
+                ct_out = [c if c is not None else materialize(None, v.aval.update(shape=shape(v)))
                           for c, v in zip(ct_out, e.outputs)]
                 res = e.prim.vjp(tuple(ct_out), [read(a) for a in e.inputs],
                                  [read(v) for v in e.outputs], **e.p)

@@ -627,13 +627,14 @@ def _carry_flags(body, pre, consts, cds, inits, kds, n, outer):
         flags = new
 
 
-def _for_rule(args, dims, body, n_consts, _outer):
+def _for_rule(args, dims, body, n_consts, _outer, backward=False):
     from . import control as C
     rng, consts, inits = args[:3], args[3:3 + n_consts], args[3 + n_consts:]
     cds, kds = dims[3:3 + n_consts], dims[3 + n_consts:]
     n = batch_size(args, dims)
     if any(d is not None for d in dims[:3]):
-        return _for_batched_range(rng, dims[:3], consts, cds, inits, kds, body, n, _outer)
+        return _for_batched_range(rng, dims[:3], consts, cds, inits, kds, body, n, _outer,
+                                  backward)
     flags = _carry_flags(body, [rng[0]], consts, cds, inits, kds, n, _outer)
     kdims = [0 if f else None for f in flags]
     inits = [_as_batched(x, d, f, n) for x, d, f in zip(inits, kds, flags)]
@@ -642,13 +643,16 @@ def _for_rule(args, dims, body, n_consts, _outer):
         outs, ds = batch_graph(body, [i] + list(consts) + list(carried),
                                [None] + list(cds) + kdims, _outer)
         return [_as_batched(o, d, f, n) for o, d, f in zip(outs, ds, flags)]
-    return C.fori(*rng, inits, step), kdims
+    return C.fori(*rng, inits, step, backward=backward), kdims
 
 
-def _for_batched_range(rng, rds, consts, cds, inits, kds, body, n, outer):
+def _for_batched_range(rng, rds, consts, cds, inits, kds, body, n, outer, backward):
     """A ``for`` loop whose range differs per example: ``max(trip)`` iterations, each example
-    active for ``trip`` of them (its values frozen otherwise). A loop that pops tapes pushed by
-    a forward loop of the same kind is aligned to the end (it pops the last pushes first)."""
+    active for ``trip`` of them (its values frozen otherwise). Tapes are pushed and popped at
+    every iteration by all examples, so a loop that runs another one's iterations backwards
+    (reverse mode) is aligned to the end, mirroring that loop: it pops the inactive pushes
+    first. Parity decides: the reverse of a backward loop (second order) is aligned to the
+    start again."""
     from . import control as C
     start, stop, step = [to_front(x, d, _dim(n)) if d is not None else x
                          for x, d in zip(rng, rds)]
@@ -656,10 +660,9 @@ def _for_batched_range(rng, rds, consts, cds, inits, kds, body, n, outer):
     total = P.convert(P.reduce_max(P.convert(trip, "float64")), "int64")
     kdims = [0] * len(inits)
     inits = [_as_batched(x, d, True, n) for x, d in zip(inits, kds)]
-    pops = any(_is_tape_aval(f.aval) for f in body.inputs[1 + len(consts):])
 
     def step_fn(j, *carried):
-        k = P.sub(j, P.sub(total, trip)) if pops else j
+        k = P.sub(j, P.sub(total, trip)) if backward else j
         active = P.logical_and(P.ge(k, 0), P.lt(k, trip))
         i = P.add(start, P.mul(P.select(active, k, 0), step))
         outs, ds = batch_graph(body, [i] + list(consts) + list(carried),
@@ -667,11 +670,7 @@ def _for_batched_range(rng, rds, consts, cds, inits, kds, body, n, outer):
         outs = [_as_batched(o, d, True, n) for o, d in zip(outs, ds)]
         return [o if _is_tape(o) else _select_batched(active, 0, o, 0, c, 0, n)
                 for o, c in zip(outs, carried)]
-    return C.fori(0, total, 1, inits, step_fn), kdims
-
-
-def _is_tape_aval(aval):
-    return aval.dtype.startswith("tape:")
+    return C.fori(0, total, 1, inits, step_fn, backward=backward), kdims
 
 
 def _while_rule(args, dims, cond, body, n_consts, _outer):
@@ -740,6 +739,19 @@ def _tape_pop_rule(args, dims):
     return C.tape_pop(args[0]), [0, 0]
 
 
+def _tape_count_rule(args, dims):
+    from . import control as C
+    return C.tape_count(args[0]), None  # one count for all examples: pushes are not masked
+
+
+def _tape_rewind_rule(args, dims):
+    from . import control as C
+    n = args[1]
+    if dims[1] is not None:  # a saved count carried as batched: every example holds the same
+        n = P.index(moveaxis(n, dims[1], 0), (0,))
+    return C.tape_rewind(args[0], n), dims[0]
+
+
 def _register_control():
     from . import control as C
     for p, r in ((C.cond_p, _cond_rule), (C.for_p, _for_rule), (C.while_p, _while_rule)):
@@ -748,6 +760,8 @@ def _register_control():
     BATCH_RULES[C.tape_push_p] = _tape_push_rule
     BATCH_RULES[C.tape_pop_p] = _tape_pop_rule
     BATCH_RULES[C.tape_new_p] = _tape_new_rule
+    BATCH_RULES[C.tape_count_p] = _tape_count_rule
+    BATCH_RULES[C.tape_rewind_p] = _tape_rewind_rule
 
 
 def _tape_new_rule(args, dims, shape, dtype):

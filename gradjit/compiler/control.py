@@ -22,7 +22,9 @@ to push, at every iteration, the carried values that the body's adjoint reads on
 (values recomputable from the consts, such as ``x[i]`` of an argument, are recomputed, and a
 ``for`` loop's index is recomputed from its range), and ``vjp_bwd``, a ``for`` loop running
 backwards that pops them and applies the body's adjoint. The adjoint of a loop is a loop in the
-IR, so it can be optimised, lowered and (when nothing was taped) differentiated again.
+IR, so it can be optimised, lowered and differentiated again: a tape's cotangent is a tape (see
+the tape primitives), and a backward loop's own adjoint rewinds the tape it popped to the count
+saved at each iteration instead of saving the tape (``_Rewind``).
 
 ``cond``, ``fori`` and ``while_loop`` build these equations from Python functions traced in
 closure style: whatever outer value a function reads becomes an operand of its region. Loops
@@ -220,7 +222,8 @@ def fit(x, aval, what="a value"):
     """``x`` as a value of ``aval``: cast, broadcast a scalar, check sizes known at run time.
     ``None`` stands for zero."""
     if x is None:
-        return P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0, aval.dtype, aval.weak)
+        return ad.materialize(None, aval) if _is_tape(aval) else \
+            P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0, aval.dtype, aval.weak)
     xa = value_aval(x)
     if xa.dtype != aval.dtype or (not isinstance(x, Tracer) and xa.weak != aval.weak):
         x = P.cast(x, aval.dtype, aval.weak)
@@ -361,8 +364,8 @@ def _cond_vjp(cts, ins, outs, branches):
     pred, ops = ins[0], ins[1:]
     formals = branches[0].inputs
     wrt = [k for k, (f, a) in enumerate(zip(formals, ops))
-           if f.aval.is_float and isinstance(a, Tracer)]
-    cts = [c if (v.aval.is_float and c is not None) else None for c, v in zip(cts, branches[0].outputs)]
+           if f.aval.is_diff and isinstance(a, Tracer)]
+    cts = [c if (v.aval.is_diff and c is not None) else None for c, v in zip(cts, branches[0].outputs)]
     if not wrt or all(c is None for c in cts):
         return (None,) * len(ins)
 
@@ -407,6 +410,7 @@ class LoopParts:
     inits: list
     graphs: list  # [body] or [cond, body]
     n_index: int  # 1 for for_p (the index formal), else 0
+    backward: bool = False  # for_p's param (see fori)
 
     @property
     def body(self):
@@ -425,7 +429,8 @@ def loop_parts(prim, inputs, params):
     nc = p["n_consts"]
     ins = list(inputs)
     graphs = [p[name] for name in prim.regions]
-    return LoopParts(prim, ins[:nr], ins[nr:nr + nc], ins[nr + nc:], graphs, prim.n_index)
+    return LoopParts(prim, ins[:nr], ins[nr:nr + nc], ins[nr + nc:], graphs, prim.n_index,
+                     bool(p.get("backward")))
 
 
 def _loop_shape(consts, body, n_index):
@@ -436,7 +441,7 @@ def _loop_shape(consts, body, n_index):
 
 
 for_p = P.primitive(
-    "for", lambda *ins, body, n_consts: _loop_shape(ins[3:3 + n_consts], body, 1),
+    "for", lambda *ins, body, n_consts, backward=False: _loop_shape(ins[3:3 + n_consts], body, 1),
     multiple_results=True, n_range=3, n_index=1, regions=("body",))
 while_p = P.primitive(
     "while", lambda *ins, cond, body, n_consts: _loop_shape(ins[:n_consts], body, 0),
@@ -497,7 +502,7 @@ def _loop(pre, inits, fns, names):
     raise TraceError(at(current_loc(), "the types of the loop's variables do not settle"))
 
 
-def _close_loop(prim, regions, outs, mode, formals, pre_f, inits, names, extra=None):
+def _close_loop(prim, regions, outs, mode, formals, pre_f, inits, names, extra=None, **params):
     n = len(inits)
     carried = [k for k in range(n) if mode[k] is not None]
     body_r = regions[-1]
@@ -514,22 +519,26 @@ def _close_loop(prim, regions, outs, mode, formals, pre_f, inits, names, extra=N
               for name, r, o in zip(prim.regions, regions, g_outs)}
     init_vals = [fit(inits[k], mode[k], f"'{names[k]}'") for k in carried]
     res = bind(prim, *(extra or []), *[Tracer(v) for v in consts], *init_vals,
-               n_consts=len(consts), **graphs) if carried else ()
+               n_consts=len(consts), **graphs, **params) if carried else ()
     result = list(inits)
     for k, o in zip(carried, res):
         result[k] = o
     return result
 
 
-def fori(start, stop, step, inits, body_fn, names=None):
+def fori(start, stop, step, inits, body_fn, names=None, backward=False):
     """``for i in range(start, stop, step): carried = body_fn(i, *carried)``; returns the final
-    carried values (a list like ``inits``)."""
+    carried values (a list like ``inits``). ``backward``: the loop runs another loop's iterations
+    in reverse (a reverse-mode loop; vmap aligns such a loop's per-example iterations to its end,
+    see batching._for_batched_range)."""
     names = names or [f"loop value {k}" for k in range(len(inits))]
     rng = [_int(start), _int(stop), _int(step)]
     if all(is_static_scalar(x) for x in rng) and len(range(*rng)) == 0:
         return list(inits)
     regions, outs, mode, formals, pre_f = _loop([Aval("int64")], inits, [body_fn], names)
-    return _close_loop(for_p, regions, outs, mode, formals, pre_f, inits, names, extra=rng)
+    params = {"backward": True} if backward else {}
+    return _close_loop(for_p, regions, outs, mode, formals, pre_f, inits, names, extra=rng,
+                       **params)
 
 
 def while_loop(inits, cond_fn, body_fn, names=None):
@@ -584,8 +593,9 @@ def _loop_bind_eqn(e, args):
     n_new = len(formals) - ni - len(lp.inits)
     consts = operands[ni:ni + n_new]
     del nr
+    extra = {"backward": True} if e.p.get("backward") else {}
     return bind(e.prim, *lp.rng, *consts, *lp.inits, n_consts=n_new,
-                **dict(zip(e.prim.regions, graphs)))
+                **dict(zip(e.prim.regions, graphs)), **extra)
 
 
 def _loop_dce(e, used):
@@ -634,7 +644,7 @@ def _depends(graph, sources):
     dep = set(sources)
     for e in graph.eqns:
         if any(isinstance(a, Var) and a in dep for a in e.inputs):
-            dep.update(v for v in e.outputs if v.aval.is_float or _is_tape(v.aval))
+            dep.update(v for v in e.outputs if v.aval.is_diff)
     return dep
 
 
@@ -646,18 +656,13 @@ def loop_activity(lp, const_act, init_act):
     """Which carried values carry derivatives: their initial value does, or the body makes them
     depend on an active const or carried value."""
     const_act = list(const_act)
-    act = [bool(a) and f.aval.is_float for a, f in zip(init_act, lp.formals()[2])]
+    act = [bool(a) and f.aval.is_diff for a, f in zip(init_act, lp.formals()[2])]
     _, cf, kf = lp.formals()
     while True:
         src = {f for f, a in zip(cf, const_act) if a} | {f for f, a in zip(kf, act) if a}
         dep = _depends(lp.body, src)
-        new = [a or (isinstance(o, Var) and o in dep and o.aval.is_float)
+        new = [a or (isinstance(o, Var) and o in dep and o.aval.is_diff)
                for a, o in zip(act, lp.body.outputs)]
-        if any(_is_tape(f.aval) and isinstance(o, Var) and o in dep
-               for f, o in zip(kf, lp.body.outputs)):
-            raise GradjitError(at(current_loc(), "differentiating a loop whose gradient already "
-                                  "went through a tape (a higher-order derivative of a loop that "
-                                  "needed a tape) is not supported yet"))
         if new == act:
             return const_act, act
         act = new
@@ -742,7 +747,8 @@ def _loop_vjp_fwd(e, args, in_active):
     out_avals = ([[Aval("bool")]] if len(lp0.graphs) == 2 else []) + [[v.aval for v in kf0]]
     graphs, _, _ = instantiate(lp0.graphs, call, fixed, out_avals)
     const_pos = [nr + j for j, a in enumerate(lp0.consts) if isinstance(a, Tracer)]
-    lp = LoopParts(e.prim, lp0.rng, [args[p] for p in const_pos], lp0.inits, graphs, ni)
+    lp = LoopParts(e.prim, lp0.rng, [args[p] for p in const_pos], lp0.inits, graphs, ni,
+                   lp0.backward)
     init_act = in_active[nr + nc0:]
     const_act, act = loop_activity(lp, [in_active[p] for p in const_pos], init_act)
     if not any(const_act) and not any(act):
@@ -764,11 +770,18 @@ def _loop_vjp_fwd(e, args, in_active):
     for k in needed:
         mark = len(tape_avals)
         steps = _write_steps(lp.body, kf[k], lp.body.outputs[k], tape_avals, invariant) \
-            if kf[k].aval.ndim else None
+            if kf[k].aval.ndim and not _is_tape(kf[k].aval) else None
         if steps:
             writes[k] = steps
         else:
             del tape_avals[mark:]
+    # a tape the adjoint pops again (this loop is the backward loop of a first derivative) is
+    # saved as its count: the loop only pops it, so its buffer still holds every value popped
+    for k in needed:
+        if _is_tape(kf[k].aval):
+            _check_pops_only(lp.body, kf[k])
+            writes[k] = _Rewind(k, len(tape_avals))
+            tape_avals.append(Aval("int64"))
     whole = [k for k in needed if k not in writes]
 
     def residual(tapes, count):
@@ -783,7 +796,8 @@ def _loop_vjp_fwd(e, args, in_active):
     body = lp.body
     actions = {}  # equation -> what to push before it runs
     for steps in writes.values():
-        _actions(steps, actions)
+        if not isinstance(steps, _Rewind):
+            _actions(steps, actions)
 
     def aug_body(*ts):
         pre, carried, tps = ts[:ni], ts[ni:ni + n], ts[ni + n:]
@@ -791,13 +805,16 @@ def _loop_vjp_fwd(e, args, in_active):
             count, tps = tps[0], tps[1:]
         new_tps = [tape_push(t, carried[k]) for t, k in zip(tps, whole)]
         log = _Tapes(tps[len(whole):])
+        for steps in writes.values():
+            if isinstance(steps, _Rewind):
+                log.push(steps.pos, tape_count(carried[steps.slot]))
         outs = _replay_logged(body, list(pre) + list(lp.consts) + list(carried), actions, log)
         new_tps += log.tapes
         extra = [P.add(count, 1)] if lp.prim is while_p else []
         return list(outs) + extra + new_tps
 
     if lp.prim is for_p:
-        res = fori(*lp.rng, list(lp.inits) + tapes, aug_body)
+        res = fori(*lp.rng, list(lp.inits) + tapes, aug_body, backward=lp.backward)
         return tuple(res[:n]), residual(list(res[n:]), None)
     cond_g = lp.graphs[0]
 
@@ -806,6 +823,44 @@ def _loop_vjp_fwd(e, args, in_active):
         return outs
     res = while_loop(list(lp.inits) + [np.int64(0)] + tapes, aug_cond, aug_body)
     return tuple(res[:n]), residual(list(res[n + 1:]), res[n])
+
+
+@dataclass
+class _Rewind:
+    """How a tape popped by a loop is saved: its count at each iteration's start (on the tape
+    at ``pos``)."""
+
+    slot: int
+    pos: int
+
+
+def _check_pops_only(graph, tape):
+    """Rewinding ``tape`` by its count needs a body that never pushes onto it (followed into
+    the regions it is passed to)."""
+    chain = {tape}
+    for e in graph.eqns:
+        if not any(isinstance(a, Var) and a in chain for a in e.inputs):
+            continue
+        if e.prim is tape_push_p:
+            raise GradjitError(at(e.loc, "differentiating a loop that both pushes onto and "
+                                  "pops from one tape is not supported"))
+        for g, pairs in _region_formals(e):
+            for a, f in pairs:
+                if isinstance(a, Var) and a in chain:
+                    _check_pops_only(g, f)
+        chain.update(v for v in e.outputs if _is_tape(v.aval))
+
+
+def _region_formals(e):
+    """(region, [(operand, its formal in the region)]) for each region of ``e``."""
+    if e.prim is cond_p:
+        return [(g, list(zip(e.inputs[1:], g.inputs))) for g in e.p["branches"]]
+    if e.prim in (for_p, while_p):
+        lp = loop_parts(e.prim, e.inputs, e.params)
+        _, cf, kf = lp.formals()
+        pairs = list(zip(list(lp.consts) + list(lp.inits), list(cf) + list(kf)))
+        return [(g, pairs) for g in lp.graphs]
+    return []
 
 
 # -- arrays written element by element inside a loop ----------------------------------------------
@@ -1030,8 +1085,9 @@ def _undo_writes(steps, x, log):
 
 
 def _rebind(lp):
+    extra = {"backward": True} if lp.backward else {}
     return bind(lp.prim, *lp.rng, *lp.consts, *lp.inits, n_consts=len(lp.consts),
-                **dict(zip(lp.prim.regions, lp.graphs)))
+                **dict(zip(lp.prim.regions, lp.graphs)), **extra)
 
 
 def _loop_vjp_bwd(cts, ins, outs, res, **params):
@@ -1065,7 +1121,10 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
         log = _Tapes(tps[len(whole):])
         new_arrs = []
         for (k, steps), x in zip(writes.items(), arrs):
-            x = _undo_writes(steps, x, log)
+            if isinstance(steps, _Rewind):  # the tape as it was when this iteration started
+                x = tape_rewind(x, log.pop(steps.pos))
+            else:
+                x = _undo_writes(steps, x, log)
             vals[k] = x
             new_arrs.append(x)
         new_tps += log.tapes
@@ -1082,7 +1141,7 @@ def _loop_vjp_bwd(cts, ins, outs, res, **params):
         rng = (last, P.sub(start, step), P.neg(step))
     else:
         rng = (P.sub(res.count, 1), -1, -1)
-    final = fori(*rng, ct0 + acc0 + arr0 + list(res.tapes), body)
+    final = fori(*rng, ct0 + acc0 + arr0 + list(res.tapes), body, backward=not lp.backward)
     grads = [None] * len(ins)
     for j, a in zip(res.got, final[na:na + ng]):
         grads[res.const_pos[j]] = a
@@ -1201,7 +1260,7 @@ def _loop_vjp(cts, ins, outs, **params):
     """Without the driver's forward hook: rebuild the augmented forward here."""
     prim = for_p if "cond" not in params else while_p
     e = _FakeEqn(prim, ins, params)
-    active = [isinstance(a, Tracer) and P.dtype_of(a).startswith("float") for a in ins]
+    active = [isinstance(a, Tracer) and a.aval.is_diff for a in ins]
     _, res = _loop_vjp_fwd(e, ins, active)
     return _loop_vjp_bwd(cts, ins, outs, res, **params)
 
@@ -1215,7 +1274,7 @@ class _FakeEqn:
         return dict(self.params)
 
 
-def _for_eval(start, stop, step, *rest, body, n_consts):
+def _for_eval(start, stop, step, *rest, body, n_consts, backward=False):
     consts, carried = list(rest[:n_consts]), list(rest[n_consts:])
     for i in range(int(start), int(stop), int(step)):
         carried = evaluate(body, [np.int64(i)] + consts + carried)
@@ -1253,11 +1312,35 @@ def _elem_aval(tape):
 
 tape_new_p = P.primitive(
     "tape_new", lambda cap, *dims, shape, dtype: (Aval("tape:" + dtype, P._fill_dims(shape, dims)),),
-    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ())
+    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ((), 0))
+# Reference values of a tape: (values, count); a pop leaves its value in place, as the kernel's
+# buffer does, so that ``tape_rewind`` can give it back.
 tape_push_p = P.primitive("tape_push", lambda t, v: (t.aval,), inplace=0,
-                          eval_rule=lambda t, v: t + (np.array(v, copy=True),))
+                          eval_rule=lambda t, v: (t[0][:t[1]] + (np.array(v, copy=True),),
+                                                  t[1] + 1))
 tape_pop_p = P.primitive("tape_pop", lambda t: (t.aval, _elem_aval(t.aval)),
-                         multiple_results=True, eval_rule=lambda t: (t[:-1], t[-1]))
+                         multiple_results=True, eval_rule=lambda t: ((t[0], t[1] - 1),
+                                                                     t[0][t[1] - 1]))
+
+
+# A tape's cotangent is the stack of its values' cotangents, in reverse: the adjoint of a push
+# pops the cotangent tape, the adjoint of a pop pushes onto it (a pop whose value got no
+# cotangent pushes a zero, so that the two stacks stay aligned).
+tape_count_p = P.primitive("tape_count", lambda t: (Aval("int64"),),
+                           eval_rule=lambda t: np.int64(t[1]))
+tape_rewind_p = P.primitive("tape_rewind", lambda t, n: (t.aval,), inplace=0,
+                            eval_rule=lambda t, n: (t[0], int(n)))
+tape_push_p.vjp = lambda ct, ins, outs: tape_pop(ct)
+tape_count_p.vjp = lambda ct, ins, outs: (None,)  # an integer
+
+
+def _rewind_vjp(ct, ins, outs):
+    raise ad.reread_tape_error()
+
+
+tape_rewind_p.vjp = _rewind_vjp
+tape_pop_p.vjp = lambda cts, ins, outs: (tape_push(cts[0], cts[1]),)
+ad.ZERO_TAPE = lambda aval: tape_new(16, _elem_aval(aval))
 
 
 def tape_new(capacity, aval):
@@ -1273,6 +1356,16 @@ def tape_push(t, v):
 
 def tape_pop(t):
     return bind(tape_pop_p, t)
+
+
+def tape_count(t):
+    return bind(tape_count_p, t)
+
+
+def tape_rewind(t, n):
+    """``t`` holding its first ``n`` values again (they are still in its buffer: only pops ran
+    since)."""
+    return bind(tape_rewind_p, t, n)
 
 
 # =============================================================================================
@@ -1293,9 +1386,11 @@ __all__ = [
     "for_p",
     "fori",
     "subgraphs",
+    "tape_count_p",
     "tape_new_p",
     "tape_pop_p",
     "tape_push_p",
+    "tape_rewind_p",
     "trip_count",
     "while_loop",
     "while_p",

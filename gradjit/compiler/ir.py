@@ -43,6 +43,12 @@ class Aval:
     def is_float(self):
         return self.dtype.startswith("float")
 
+    @property
+    def is_diff(self):
+        """Carries a cotangent: a float value, or a tape of floats (whose cotangent is a tape
+        of the pushed values' cotangents, popped in the opposite order)."""
+        return self.dtype.startswith(("float", "tape:float"))
+
     def update(self, **kw):
         d = {"dtype": self.dtype, "shape": self.shape, "weak": self.weak}
         d.update(kw)

@@ -155,7 +155,10 @@ def bind(prim, *args, **params):
 
 
 def _const(v, aval):
-    """A folded result stays a static Python scalar, typed like the operation's output."""
+    """A folded result stays a static Python scalar, typed like the operation's output (an
+    array result, as from broadcasting a literal to a static shape: a numpy constant)."""
+    if aval.shape:
+        return np.asarray(v, aval.dtype)
     if aval.weak:
         if aval.dtype == "bool":
             return bool(v)

@@ -48,4 +48,21 @@ def gj_cumsum_last(x, reverse):
     return out.reshape(a.shape)
 
 
-__all__ = ["gj_cumsum_last", "gj_slicelen"]
+# Tapes, (buffer, count) tuples, in parallel kernels: numba's array analysis mistakes a tuple
+# built in the kernel for a shape, so these build them.
+
+@numba.njit(cache=True)
+def gj_tape_at(t, n):
+    """The tape ``t`` with ``n`` values."""
+    return (t[0], n)
+
+
+@numba.njit(cache=True)
+def gj_tape_room(t):
+    """The tape ``t``, its buffer doubled if full."""
+    if t[1] < t[0].shape[0]:
+        return t
+    return (np.concatenate((t[0], t[0])), t[1])
+
+
+__all__ = ["gj_cumsum_last", "gj_slicelen", "gj_tape_at", "gj_tape_room"]

@@ -1066,15 +1066,17 @@ def _tape_push(em, e):
     t = em.n(e.inputs[0])
     xv = e.inputs[1]
     o = em.n(e.outputs[0])
-    em.emit(f"{o} = {t} if {t}[1] < {t}[0].shape[0] else (np.concatenate(({t}[0], {t}[0])), {t}[1])",
-            comment=em.eqn_text(e))
+    par = em.target == "parallel"  # see _tape_pop
+    room = f"gj_tape_room({t})" if par else \
+        f"{t} if {t}[1] < {t}[0].shape[0] else (np.concatenate(({t}[0], {t}[0])), {t}[1])"
+    em.emit(f"{o} = {room}", comment=em.eqn_text(e))
     if isinstance(xv, Var) and xv in em.sc and xv not in em.arrays:  # element by element
         shape = xv.aval.shape
         for k, x in enumerate(em.sc[xv]):
             em.emit(f"{o}[0][{o}[1], {', '.join(map(str, _unravel(k, shape)))}] = {x}")
     else:
         em.emit(f"{o}[0][{o}[1]] = {em.n(xv)}")
-    em.emit(f"{o} = ({o}[0], {o}[1] + 1)")
+    em.emit(f"{o} = gj_tape_at({o}, {o}[1] + 1)" if par else f"{o} = ({o}[0], {o}[1] + 1)")
 
 
 @rule(C.tape_pop_p)
@@ -1082,7 +1084,9 @@ def _tape_pop(em, e):
     t = em.n(e.inputs[0])
     o = em.n(e.outputs[0])
     xv = e.outputs[1]
-    em.emit(f"{o} = ({t}[0], {t}[1] - 1)", comment=em.eqn_text(e))
+    # (numba's array analysis for parallel kernels mistakes a tuple built here for a shape)
+    down = f"gj_tape_at({t}, {t}[1] - 1)" if em.target == "parallel" else f"({t}[0], {t}[1] - 1)"
+    em.emit(f"{o} = {down}", comment=em.eqn_text(e))
     if is_small(xv.aval.shape):  # popped into scalars
         names = _held(em, xv)
         for k, x in enumerate(names):
@@ -1090,6 +1094,18 @@ def _tape_pop(em, e):
         em.sc[xv] = names
     else:
         em.emit(f"{em.n(xv)} = {o}[0][{o}[1]]")
+
+
+@rule(C.tape_count_p)
+def _tape_count(em, e):
+    em.emit(f"{em.n(e.outputs[0])} = {em.n(e.inputs[0])}[1]", comment=em.eqn_text(e))
+
+
+@rule(C.tape_rewind_p)
+def _tape_rewind(em, e):
+    t, n = (em.n(a) for a in e.inputs)
+    at = f"gj_tape_at({t}, {n})" if em.target == "parallel" else f"({t}[0], {n})"
+    em.emit(f"{em.n(e.outputs[0])} = {at}", comment=em.eqn_text(e))
 
 
 # Array primitives lowered to one call, whose text their stanza's ``cpu`` builds from the
