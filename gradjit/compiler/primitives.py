@@ -195,10 +195,10 @@ def _unary(name, impl, deriv, cpu, cuda=None, float_only=True):
 
 neg_p, neg = _unary("neg", np.negative, None, "(-{0})", float_only=False)
 neg_p.vjp = lambda ct, ins, outs: (neg(ct),)
-sin_p, sin = _unary("sin", np.sin, lambda x, y: cos(x), "np.sin({0})", "math.sin({0})")
-cos_p, cos = _unary("cos", np.cos, lambda x, y: neg(sin(x)), "np.cos({0})", "math.cos({0})")
+sin_p, sin = _unary("sin", np.sin, lambda x, y: cos(x), "gj_sin({0})", "math.sin({0})")
+cos_p, cos = _unary("cos", np.cos, lambda x, y: neg(sin(x)), "gj_cos({0})", "math.cos({0})")
 tan_p, tan = _unary("tan", np.tan, lambda x, y: add(1.0, mul(y, y)), "np.tan({0})", "math.tan({0})")
-exp_p, exp = _unary("exp", np.exp, lambda x, y: y, "np.exp({0})", "math.exp({0})")
+exp_p, exp = _unary("exp", np.exp, lambda x, y: y, "gj_exp({0})", "math.exp({0})")
 expm1_p, expm1 = _unary("expm1", np.expm1, lambda x, y: add(y, 1.0), "np.expm1({0})", "math.expm1({0})")
 log_p, log = _unary("log", np.log, lambda x, y: reciprocal(x), "np.log({0})", "math.log({0})")
 log1p_p, log1p = _unary("log1p", np.log1p, lambda x, y: reciprocal(add(x, 1.0)), "np.log1p({0})",

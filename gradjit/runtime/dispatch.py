@@ -304,10 +304,17 @@ def load_source(source, key, meta):
     return mod, False
 
 
+@functools.lru_cache(maxsize=None)
 def _versions():
+    """What a cached kernel depends on besides its source: the versions, and the helpers that
+    numba inlines into it (gradjit/kernels/cpu.py), whose edits numba's own cache would miss."""
     import numba
     from .. import __version__
-    return f"gradjit={__version__};numba={numba.__version__};python={sys.version.split()[0]}"
+    from ..kernels import cpu as helpers
+    with open(helpers.__file__, "rb") as f:
+        stamp = hashlib.sha256(f.read()).hexdigest()[:16]
+    return (f"gradjit={__version__};numba={numba.__version__};python={sys.version.split()[0]};"
+            f"helpers={stamp}")
 
 
 class Transformed:
