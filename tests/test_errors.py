@@ -356,3 +356,45 @@ def test_vmap_checks_every_examples_index():
     assert f(np.arange(3.0), np.array([0, 2, -1])).tolist() == [0.0, 4.0, 4.0]
     with pytest.raises(gj.IndexOutOfBounds):
         f(np.arange(3.0), np.array([0, 5]))
+
+
+def _gather_sq(x, idx):
+    return np.sum(x[idx] ** 2)
+
+
+def _picked(z, y):  # the cross-entropy pattern: one entry per row, chosen by a label array
+    return np.sum(z[np.arange(z.shape[0]), y] ** 2)
+
+
+def test_integer_array_indices_are_checked():
+    g = gj.grad(_gather_sq)
+    x = np.arange(5.0)
+    idx = np.array([0, 4, -1, -5, 2])  # negative indices count from the end, as in numpy
+    want = np.zeros(5)
+    np.add.at(want, idx, 2 * x[idx])
+    np.testing.assert_array_equal(g(x, idx), want)
+    np.testing.assert_array_equal(g(x, np.zeros(0, np.int64)), np.zeros(5))
+    for bad in (np.array([0, 5]), np.array([-6]), np.array([[1, 2], [3, 7]])):
+        with pytest.raises(gj.IndexOutOfBounds, match=r"test_errors\.py:\d+: integer-array index "
+                                                      r"out of bounds for axis 0"):
+            g(x, bad)
+        with pytest.raises(IndexError):
+            np.asarray(x)[bad]  # numpy agrees
+    z = np.arange(12.0).reshape(4, 3)
+    gz = gj.grad(_picked)
+    want = np.zeros((4, 3))
+    want[np.arange(4), [0, 2, 1, -1]] = 2 * z[np.arange(4), [0, 2, 1, -1]]
+    np.testing.assert_array_equal(gz(z, np.array([0, 2, 1, -1])), want)
+    with pytest.raises(gj.IndexOutOfBounds, match="axis 1"):
+        gz(z, np.array([0, 2, 3, 1]))
+    # np.arange(n) into an axis of size n is in bounds by construction: no check for it
+    assert "axis 0" not in gz.lower(z, np.array([0, 2, 1, 1])).source
+
+
+def test_vmap_checks_every_examples_index_array():
+    f = gj.vmap(_gather_sq, in_axes=(None, 0))
+    x = np.arange(4.0)
+    idx = np.array([[0, 3], [-4, 1]])
+    np.testing.assert_array_equal(f(x, idx), [np.sum(x[r] ** 2) for r in idx])
+    with pytest.raises(gj.IndexOutOfBounds):
+        f(x, np.array([[0, 3], [1, 4]]))

@@ -981,7 +981,24 @@ def gather(x, idx):
         raise TraceError(at(current_loc(), "integer-array indexing followed by slices is not supported"))
     arrs = [cast(a, "int64") for a in arrs]
     broadcast(*arrs)
+    for k, a in enumerate(arrs):
+        _indices_checked(a, shape_of(x)[k], k)
     return bind(gather_p, x, *arrs)
+
+
+def _indices_checked(a, n, k):
+    """A run-time check of an index array into an axis of size ``n`` (numba reads outside the
+    array silently; the adjoint's scatter uses the same indices): the largest of ``i`` (i >= 0)
+    and ``-i - 1`` (i < 0) must be below ``n``. ``np.arange(n)`` itself needs no check."""
+    e = _producer(a.ivar)
+    if e is not None and e.prim is iota_p and ndim(a) == 1 and \
+            same_dim(shape_of(a)[0], n):
+        return
+    if not ndim(a):
+        return _bounds_checked(a, n, k)
+    m = reduce_max(select(lt(a, 0), sub(neg(a), 1), a), tuple(range(ndim(a))))  # empty: iinfo.min
+    bad = select(lt(m, Tracer(n) if isinstance(n, Var) else n), 0, 1)  # 0 or 1, sizes unmapped
+    check_index(bad, 1, at(current_loc(), f"integer-array index out of bounds for axis {k}"))
 
 
 def scatter_add(acc, v, idx):
