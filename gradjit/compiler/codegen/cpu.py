@@ -125,8 +125,14 @@ class Emitter:
 
     # -- the function --------------------------------------------------------------------------
 
-    def function(self, fname="kernel"):
+    def function(self, fname="kernel", guard=None):
+        """The function's source; ``guard`` ({(input, axis): size}): raise SizeFallback unless the
+        arguments have those sizes."""
         args = [self.name(v) for v in self.g.inputs]
+        if guard:
+            test = " and ".join(f"{args[k]}.shape[{ax}] == {n}" for (k, ax), n in guard)
+            self.emit(f"if not ({test}):")
+            self.emit("    raise SizeFallback()")
         for d, (k, ax) in self.g.input_dims().items():
             self.emit(f"{self.name(d)} = {self.name(self.g.inputs[k])}.shape[{ax}]")
         items, self.dims = schedule(self.g)
@@ -793,15 +799,15 @@ def emit_source(graph, what="kernel", target="cpu", jit=True, fname="kernel", he
           + "\n" + _function(graph, target, jit, f"{fname}_any", rename=True)
           + f"\n{deco}def {fname}({call}):\n    if {guard}:\n        return {fname}_small({call})\n"
           f"    return {fname}_any({call})\n"
-          # what the runtime compiles first: the general version only when another size comes
-          + f"\n\n{deco}def {fname}_fast({call}):\n    if {guard}:\n"
-          f"        return {fname}_small({call})\n    raise SizeFallback()\n")
+          # what the runtime compiles first, one function: the small version behind its guard
+          # (the general version only when another size comes)
+          + "\n" + _function(small, target, jit, f"{fname}_fast", rename=True, guard=sizes))
     return (HEADER.format(what=what) if header else "") + fn
 
 
-def _function(graph, target, jit, fname, rename):
+def _function(graph, target, jit, fname, rename, guard=None):
     em = Emitter(drop_copies(graph), target, jit)
-    fn = em.function(fname)
+    fn = em.function(fname, guard)
     if em.consts and rename:  # module-level constants must not clash between functions
         for k in range(len(em.consts)):
             fn = re.sub(rf"\bC{k}\b", f"C{k}_{fname}", fn)
