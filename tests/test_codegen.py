@@ -274,26 +274,88 @@ def log_density(x, A):
     return -0.5 * x @ A @ x - 0.25 * np.sum(x ** 4)
 
 
-def test_log_density_gradient_allocates_one_array_and_calls_no_blas():
+def test_log_density_gradient_reads_the_matrix_once_and_allocates_one_array():
     g = gj.grad(log_density)
     rng = np.random.default_rng(7)
-    for d in (2, 3, 40):
+    for d in (1, 2, 3, 17, 100):
         # A not symmetric: x @ A and A @ x both count
         x, A = rng.standard_normal(d), rng.standard_normal((d, d))
-        np.testing.assert_allclose(g(x, A), -0.5 * (A + A.T) @ x - x ** 3, rtol=1e-12)
+        np.testing.assert_allclose(g(x, A), -0.5 * (A + A.T) @ x - x ** 3, rtol=1e-12, atol=1e-12)
     kernel = function_source(g.lower(x, A).source, "kernel")
     code = "\n".join(code_lines(kernel))
-    # the x @ A accumulator, overwritten by the result; x**3 is computed in the loop that
-    # adds it, the broadcast of x (sizes equal by a check) is x itself, A @ x is a row loop
+    # x @ A and A @ x in one pass over A's rows, two rows at a time (then an odd last row):
+    # each element is read once, into both products; the x @ A accumulator is the result
+    # (x**3 and the row dots are added in as it goes)
+    assert re.search(r"^\s*for i0 in range\(0, ", code, re.MULTILINE), kernel
+    inner = re.findall(r"^( *)for j0 .*\n((?:\1    .*\n)+)", code + "\n", re.MULTILINE)
+    assert [sorted(re.findall(r"v1\[(i\d), j0\]", body)) for _, body in inner] \
+        == [["i0", "i1"], ["i0"]], kernel
+    for _, body in inner:
+        assert re.search(r"d_v\d+ \+= ", body) and re.search(r"v\d+\[j0\] \+= ", body), kernel
+    body = code.split("def kernel(v0, v1):")[1]
+    assert set(re.findall(r"\bv1\b(?!\.shape).{0,8}", body)) == {"v1[i0, j0]", "v1[i1, j0]"}, kernel
     assert len(ALLOC.findall(code)) == 1, kernel
     assert "np.dot" not in code and "broadcast_to" not in kernel, kernel
-    assert len(re.findall(r"^\s*for i0 ", code, re.MULTILINE)) == 2, kernel
     try:
         g(np.ones(3), np.ones((3, 4)))
     except gj.ShapeError as err:
         assert "test_codegen.py" in str(err)
     else:
         raise AssertionError("mismatched sizes were not caught")
+
+
+def tanh_and_quadratic(x, A):
+    return np.sum(np.tanh(A @ x)) + 0.5 * x @ A @ x
+
+
+def quadratic_and_sums(x, A):
+    return -0.5 * x @ A @ x - np.sum(x) * np.sum(A @ x)
+
+
+def bilinear(x, y, B):
+    return x @ B @ y + np.sum(x ** 2) + np.sum(np.sin(y))
+
+
+def test_products_with_one_matrix_both_ways_against_closed_forms():
+    rng = np.random.default_rng(12)
+    for n in (1, 4, 7):
+        x, A = rng.standard_normal(n), rng.standard_normal((n, n))
+        one = np.ones(n)
+        got = gj.grad(tanh_and_quadratic)(x, A)
+        want = A.T @ (1 - np.tanh(A @ x) ** 2) + 0.5 * (A + A.T) @ x
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        got = gj.grad(quadratic_and_sums)(x, A)
+        want = -0.5 * (A + A.T) @ x - np.sum(A @ x) * one - np.sum(x) * A.T @ one
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        # B not square: x @ B and B @ y are not added into each other
+        y, B = rng.standard_normal(n + 2), rng.standard_normal((n, n + 2))
+        gx, gy = gj.grad(bilinear, argnums=(0, 1))(x, y, B)
+        np.testing.assert_allclose(gx, B @ y + 2 * x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gy, B.T @ x + np.cos(y), rtol=1e-12, atol=1e-12)
+    # A @ x joins the earlier loop that reads A for x @ A: two passes over A, not three
+    kernel = function_source(gj.grad(quadratic_and_sums).lower(x, A).source, "kernel")
+    assert len(re.findall(r"^\s*for i0 in range\(0, ", kernel, re.MULTILINE)) == 2, kernel
+    assert "np.dot" not in kernel, kernel
+
+
+def product_minus_square(x, A):
+    return (2 * x) @ A - x ** 2
+
+
+def square_minus_product(x, A):
+    return x ** 2 - (2 * x) @ A
+
+
+def test_a_sum_over_rows_takes_elementwise_terms_in_the_same_pass():
+    rng = np.random.default_rng(13)
+    for n in (1, 2, 5):
+        x, A = rng.standard_normal(n), rng.standard_normal((n, n))
+        for fn in (product_minus_square, square_minus_product):
+            np.testing.assert_allclose(gj.jit(fn)(x, A), fn(x, A), rtol=1e-12, atol=1e-12)
+    # (2x) @ A is summed row by row; x**2 is subtracted from element i in iteration i
+    kernel = function_source(gj.jit(product_minus_square).lower(x, A).source, "kernel")
+    assert len(re.findall(r"^\s*for i0 ", kernel, re.MULTILINE)) == 1, kernel
+    assert re.search(r"^\s*v\d+\[i0\] -= ", kernel, re.MULTILINE), kernel
 
 
 def shifted_exp(x):

@@ -9,12 +9,17 @@ stored into an array only where one is needed (a result, a BLAS call, a loop ove
 size); loops carry them as scalars too. Sizes are symbolic, so such shapes usually come from
 a second version of the kernel, specialised on the sizes that static indices suggest
 (``x[0]``, ``x[1]`` of a vector: size 2) and chosen at run time when they match.
+
+Row products with the same matrix next to each other in a loop share one inner loop over the
+row (each element loaded once); where that inner loop feeds both dot products and sums, the
+row loop takes two rows at a time, so that each element of a sum is updated once per pair.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -386,7 +391,8 @@ class Emitter:
             full = self.dims.shape(v.aval.shape)
             upto = L.eqns[:L.eqns.index(cur) + 1]
             for a in dict.fromkeys(a for u in upto for a in u.inputs):
-                if not isinstance(a, Var) or a in temps or a in self.outputs or a in self.sc \
+                if not isinstance(a, Var) or a in temps or a in L.pending or a in self.outputs \
+                        or a in self.sc \
                         or a not in self.fresh or a in taken or a.aval.dtype != v.aval.dtype \
                         or a in self.g.inputs or self.dims.shape(a.aval.shape) != full:
                     continue
@@ -426,6 +432,15 @@ class Emitter:
 
         parallel_ok = self.target == "parallel" and rank > 0
         taken = set()
+        runs, run = {}, None  # row products next to each other with the same matrix
+        for e in L.eqns:
+            mm = row_matmul(e, self.producer) if e.prim is P.matmul_p else None
+            if mm is not None and run and run[0][1][1] is mm[1]:
+                run.append((e, mm))
+            elif mm is not None:
+                run = runs[id(e)] = [(e, mm)]
+            else:
+                run = None
         for e in L.eqns:
             cur = e
             v = e.outputs[0]
@@ -433,22 +448,41 @@ class Emitter:
             comment = "# " + self.eqn_text(e)
             shape = v.aval.shape
             mm = row_matmul(e, self.producer) if e.prim is P.matmul_p else None
-            if mm is not None and mm[0] == "dot":  # X @ w: a dot product per row
-                X, w = mm[1], mm[2]
-                d = f"d_{self.name(v)}"
-                body += [comment, f"{d} = {lit_text(Lit(0, P.Aval(v.aval.dtype)))}",
-                         f"for j0 in range({self.dim(X.aval.shape[1])}):",
-                         f"    {d} += {self.n(X)}[{idx[0]}, j0] * {self.n(w)}[j0]"]
-                store(v, [d], None)
-            elif mm is not None:  # X.T @ r or r @ X: row i of X times r[i], accumulated
-                X, r = mm[1], mm[2]
-                rt = at(r, r.aval.shape, ())
-                pre.append(f"{self.name(v)} = np.zeros({self.shape_text(v.aval.shape)}, "
-                           f"{np_dtype(v.aval.dtype)})")
+            if mm is not None:
+                # one inner loop over the row of X for the run: X @ w a dot product per row,
+                # X.T @ r or r @ X the row times r[i] accumulated
+                if id(e) not in runs:
+                    continue  # in the inner loop of its run
+                X = mm[1]
+                a = f"{self.n(X)}[{idx[0]}, j0]"
+                inner, dots, sums = [], [], []
+                if len(runs[id(e)]) > 1:  # each element read once
+                    inner.append(f"{self.name(X)}_ij = {a}")
+                    a = f"{self.name(X)}_ij"
+                for u, (how, _, w) in runs[id(e)]:
+                    out = u.outputs[0]
+                    body.append("# " + self.eqn_text(u))
+                    if how == "dot":
+                        d = f"d_{self.name(out)}"
+                        body.append(f"{d} = {lit_text(Lit(0, P.Aval(out.aval.dtype)))}")
+                        inner.append(f"{d} += {a} * {self.n(w)}[j0]")
+                        dots.append((u, out, d))
+                    else:
+                        pre.append(f"{self.name(out)} = np.zeros({self.shape_text(out.aval.shape)}"
+                                   f", {np_dtype(out.aval.dtype)})")
+                        self.fresh.add(out)
+                        sums.append(f"{self.name(out)}[j0] += {a} * {at(w, w.aval.shape, ())}")
+                        parallel_ok = False
+                # loads before stores: the vectoriser does better
+                body.append(_Inner(f"for j0 in range({self.dim(X.aval.shape[1])}):", inner, sums,
+                                   bool(dots)))
+                for cur, out, d in dots:
+                    store(out, [d], None)
+            elif v in L.sums:  # p + q or p - q, p summed by this loop: q added into p's array
+                p, q, sign = L.sums[v]
+                pre.append(f"{self.name(v)} = {self.name(p)}")
                 self.fresh.add(v)
-                body += [comment, f"for j0 in range({self.dim(X.aval.shape[1])}):",
-                         f"    {self.name(v)}[j0] += {self.n(X)}[{idx[0]}, j0] * {rt}"]
-                parallel_ok = False
+                body += [comment, f"{self.name(v)}[{idx[0]}] {sign}= {at(q, shape, ())}"]
             elif e.prim is P.reshape_p:
                 x = e.inputs[0]
                 store(v, [at(x, x.aval.shape, _unravel(k, tail(x))) for k in range(_size(tail(x)))],
@@ -545,16 +579,58 @@ class Emitter:
         self.loop_done.update(id(e) for e in L.eqns if e.prim.kind != "scatter")
         for line in pre:
             self.emit(line)
-        depth = 1
-        for k in range(rank):
-            rng = "prange" if (k == 0 and parallel_ok) else "range"
-            self.emit(f"for {idx[k]} in {rng}({self.dim(L.shape[k])}):", depth)
-            depth += 1
-        for line in body:
-            self.emit(line, depth)
+        # a row read into dot products and sums at once: load and store each sum once per
+        # two rows (rows read only into sums, as in X.T @ r, gain nothing measurable)
+        if rank == 1 and not parallel_ok and any(isinstance(b, _Inner) and b.sums and b.dots
+                                                 for b in body):
+            self._two_rows(L, body, pre)
+        else:
+            depth = 1
+            for k in range(rank):
+                rng = "prange" if (k == 0 and parallel_ok) else "range"
+                self.emit(f"for {idx[k]} in {rng}({self.dim(L.shape[k])}):", depth)
+                depth += 1
+            for line in _lines(body):
+                self.emit(line, depth)
         for line in self._post:
             self.emit(line)
         self._post = []
+
+    def _two_rows(self, L, body, pre):
+        """Emit a row loop two rows at a time, the inner loops of both rows jammed into one, so
+        that each element of a sum is loaded and stored once per two rows (an odd last row
+        runs alone). Rows are independent but for sums, which may add in any order."""
+        shared = {m.group(1) for ln in pre if (m := _ASSIGN.match(ln))}
+        mine = {m.group(1) for b in body for ln in ([b] if isinstance(b, str) else b.loads)
+                if (m := _ASSIGN.match(ln))} - shared
+        pat = re.compile(r"\b(" + "|".join(sorted(map(re.escape, mine | {"i0"}))) + r")\b")
+
+        def second(ln):  # the same statement for row i1
+            return pat.sub(lambda m: "i1" if m.group(1) == "i0" else m.group(1) + "_b", ln)
+
+        n = self.dim(L.shape[0])
+        self.emit(f"for i0 in range(0, {n} - 1, 2):  # rows i0 and i1 at once")
+        self.emit("i1 = i0 + 1", 2)
+        k = 0
+        while k < len(body):
+            if isinstance(body[k], _Inner):
+                b = body[k]
+                self.emit(b.head, 2)
+                for ln in b.loads + [second(x) for x in b.loads] + b.sums + [second(x) for x in b.sums]:
+                    self.emit(ln, 3)
+                k += 1
+                continue
+            seg = []
+            while k < len(body) and isinstance(body[k], str):
+                seg.append(body[k])
+                k += 1
+            for ln in seg + [second(x) for x in seg if not x.startswith("#")]:
+                self.emit(ln, 2)
+        self.emit(f"if {n} % 2 == 1:")
+        self.emit(f"i0 = {n} - 1", 2)
+        for line in _lines(body):
+            if not line.lstrip().startswith("#"):
+                self.emit(line, 2)
 
     def index(self, shape, loop_shape, idx):
         """Index expression of an operand of ``shape`` read inside a loop over ``loop_shape``."""
@@ -571,6 +647,27 @@ class Emitter:
 
 
 _ATOM = re.compile(r"[A-Za-z_]\w*|-?\d+(\.\d*)?(e[-+]?\d+)?|True|False")
+
+
+@dataclass
+class _Inner:
+    """The inner loop over a matrix row of a run of row products (in a loop's body)."""
+    head: str
+    loads: list  # dot products first (loads only) ...
+    sums: list  # ... then the updates of sums
+    dots: bool
+
+
+def _lines(body):
+    for b in body:
+        if isinstance(b, str):
+            yield b
+        else:
+            yield b.head
+            yield from ("    " + ln for ln in b.loads + b.sums)
+
+
+_ASSIGN = re.compile(r"\s*(\w+) = ")
 
 
 def _size(shape):

@@ -13,7 +13,10 @@ value's "tail"), so reshapes that add or drop unit axes and static ``slice_add``
 values (batched Jacobians) stay in the loop. Values that are small and static as a whole are
 scalar statements (held as one local per element by the backend). Matrix-vector products whose
 matrix rows the loop walks are computed row by row: ``X @ w`` as a dot product per row, and
-``X.T @ r`` (or ``r @ X``) accumulated while ``r`` is computed, so ``X`` is read once.
+``X.T @ r`` (or ``r @ X``) accumulated while ``r`` is computed, so ``X`` is read once. A dot
+product joins the loop that already reads ``X`` for another product (``x @ A`` and ``A @ x``
+in one pass over A), and ``p + q`` with ``p`` such a sum over a square ``X`` adds ``q[i]`` in
+at iteration i (no pass of its own).
 
 Two clean-ups keep temporaries few: a ``broadcast_to`` whose operand already has its shape
 (sizes equal by a run-time check) is the operand itself (``drop_copies``), and an elementwise
@@ -73,6 +76,9 @@ class Loop:
     eqns: list = field(default_factory=list)
     produced: set = field(default_factory=set)  # values usable inside the loop body
     pending: set = field(default_factory=set)  # reductions/scatters: complete after the loop
+    # pending vectors the loop sums into: row products r @ X (None), and p + q with p such a
+    # sum ((p, q, "+" or "-"): q[i] added into p's array at iteration i, see ``accumulation``)
+    sums: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +143,39 @@ def row_matmul(e, producer):
     if a.aval.ndim == 1 and b.aval.ndim == 2:
         return ("acc", b, a)
     return None
+
+
+def accumulation(e, L, uses, dims):
+    """(p, q, "+" or "-") when ``e`` is ``p + q``, ``q + p`` or ``p - q`` with ``p`` a vector of
+    the loop's own size that loop ``L`` sums into (a row product ``r @ X`` of a square ``X``, or
+    such an accumulation), read by ``e`` alone: iteration i adds ``q[i]`` into p's array, so
+    that ``e`` needs no pass of its own; else None."""
+    if e.prim not in (P.add_p, P.sub_p) or len(e.outputs) != 1:
+        return None
+    v = e.outputs[0]
+    a, b = e.inputs
+    for p, q in [(a, b)] if e.prim is P.sub_p else [(a, b), (b, a)]:
+        if not (isinstance(p, Var) and p in L.sums and uses.get(p) == 1) \
+                or p.aval.dtype != v.aval.dtype \
+                or not dims.shape(p.aval.shape) == dims.shape(v.aval.shape) == L.shape:
+            continue
+        if isinstance(q, Var) and q.aval.ndim and dims.shape(q.aval.shape) != L.shape:
+            continue
+        return p, q, "-" if e.prim is P.sub_p else "+"
+    return None
+
+
+def _add_row_product(L, e, mm, producer):
+    """Append row product ``e`` to ``L``, next to another product with the same matrix where
+    dependences allow, so that the backend reads each row of it in one inner loop."""
+    X = mm[1]
+    last = max((k for k, u in enumerate(L.eqns)
+                if (row_matmul(u, producer) or (None, None))[1] is X), default=None)
+    if last is not None and (mm[0] == "dot" or all(  # a dot reads nothing made in the loop
+            mm[2] not in u.outputs for u in L.eqns[last + 1:])):
+        L.eqns.insert(last + 1, e)
+    else:
+        L.eqns.append(e)
 
 
 def drop_copies(graph):
@@ -255,13 +294,41 @@ def schedule(graph):
                 return None  # do not reach across a loop of the same shape we could not join
         return None
 
+    uses = {}
+    for a in [a for e in graph.eqns for a in e.inputs] + list(graph.outputs):
+        if isinstance(a, Var):
+            uses[a] = uses.get(a, 0) + 1
+
+    def summed(e):
+        """The loop that can add ``e``'s other operand into its sum (see ``accumulation``)."""
+        for idx, it in enumerate(items):
+            acc = isinstance(it, Loop) and accumulation(e, it, uses, dims)
+            if acc:
+                q = acc[1]
+                ok = not (isinstance(q, Var) and q in it.pending) and not blocked_after(e, idx)
+                if ok:
+                    return it, acc
+        return None
+
+    def reading(e, mm, shape):
+        """The last loop over the rows of X that reads them for a row product already and
+        that ``X @ w`` may join (X is then read once, at the cost of storing the result)."""
+        for idx in range(len(items) - 1, -1, -1):
+            it = items[idx]
+            if isinstance(it, Loop) and it.shape == shape and deps_ok(e, it) \
+                    and not blocked_after(e, idx) and not {mm[1], mm[2]} & it.produced \
+                    and any((row_matmul(u, producer) or mm)[1] is mm[1] for u in it.eqns
+                            if u.prim is P.matmul_p):
+                return it
+        return None
+
     for e in graph.eqns:
         kind = e.prim.kind
         row = _row_op(e, dims) if e.outputs else None
         mm = row_matmul(e, producer)
         if mm is not None and isinstance(mm[1], Var):
             shape = dims.shape(mm[1].aval.shape[:1])
-            target = find(shape, e)
+            target = (mm[0] == "dot" and reading(e, mm, shape)) or find(shape, e)
             # a dot per row joins any loop over the rows; the transposed product only one that
             # computes its vector (otherwise BLAS reads the matrix just as well)
             inside = target is not None and mm[2] in target.produced
@@ -269,9 +336,18 @@ def schedule(graph):
                 if target is None:
                     target = Loop(shape)
                     items.append(target)
-                target.eqns.append(e)
+                _add_row_product(target, e, mm, producer)
                 (target.produced if mm[0] == "dot" else target.pending).update(e.outputs)
+                if mm[0] == "acc":
+                    target.sums[e.outputs[0]] = None
                 continue
+        found = summed(e) if kind == "elementwise" else None
+        if found is not None:  # p + q with p summed by a loop: that loop adds q in
+            target, acc = found
+            target.eqns.append(e)
+            target.pending.update(e.outputs)
+            target.sums[e.outputs[0]] = acc
+            continue
         if row is not None:
             # only where the operand it reshapes or adds into is computed in that loop
             target = find(row, e)
@@ -329,7 +405,7 @@ def _sink(items, graph):
             move = {}  # id(eqn) -> the loop it moves to
             for e in reversed(L.eqns):
                 if id(e) in blocked or e.prim.kind != "elementwise" or len(e.outputs) != 1 \
-                        or e.outputs[0] in outs:
+                        or e.outputs[0] in outs or e.outputs[0] in L.pending:
                     continue
                 v = e.outputs[0]
                 if not all(_aligned(u, v, producer) for u in users.get(v, [])):
