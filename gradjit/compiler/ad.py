@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..errors import GradjitError, at
 from . import primitives as P
 from .ir import Lit, Var
+from .shift import shift_free
 from .tracing import Tracer, current_loc, location
 
 
@@ -150,9 +151,11 @@ def vjp(graph, args, out_cts, wrt):
 
     ``out_cts`` holds one cotangent per graph output (None for zero)."""
     active = {graph.inputs[i] for i in wrt if graph.inputs[i].aval.is_diff}
+    # a max subtracted for stability (log-softmax, softmax) has a zero derivative: a constant
+    shifts = shift_free(graph) if any(e.prim is P.reduce_max_p for e in graph.eqns) else ()
     for e in graph.eqns:
         if e.prim.vjp is not None and any(isinstance(a, Var) and a in active for a in e.inputs):
-            active.update(v for v in e.outputs if v.aval.is_diff)
+            active.update(v for v in e.outputs if v.aval.is_diff and v not in shifts)
     residuals = {}  # eqn -> what its forward hook saved (control flow: loops' tapes)
     outs, env = replay(graph, args, active, residuals)
     read = _reader(env)
