@@ -50,7 +50,9 @@ def iterated_map(x, n):  # a vector state carried through a loop whose trip coun
 
 
 rng = np.random.default_rng(7)
-EXAMPLES = {  # name: (function of one array, argument)
+# name: (function of one array, argument); iterated_map (a vector state) is checked below with a
+# run-time trip count (compiling each of these costs seconds: the list is kept to distinct kinds)
+EXAMPLES = {
     "cumsum": (L.cumsum_loop, rng.standard_normal(6)),
     "stencil": (L.stencil, rng.standard_normal(7)),
     "euler": (lambda p: L.euler(p, 0.5, 30), np.array([0.7, 1.3])),
@@ -59,13 +61,11 @@ EXAMPLES = {  # name: (function of one array, argument)
     "dp_table": (L.dp_table, rng.standard_normal(5) * 0.5),
     "overwrite_twice": (L.overwrite_twice, rng.standard_normal(5)),
     "branch_writes": (L.branch_writes, rng.standard_normal(6)),
-    "two_arrays_one_if": (L.two_arrays_one_if, rng.standard_normal(6)),
     "write_until_break": (L.write_until_break, rng.standard_normal(6) * 0.6),
     "recurrence": (L.recurrence, rng.standard_normal(6)),
     "while_fill": (L.while_fill, rng.standard_normal(6)),
     "row_writes": (L.row_writes, rng.standard_normal((3, 3))),
     "first_positive_run": (CF.first_positive_run, rng.standard_normal(8)),
-    "iterated_map": (lambda x: iterated_map(x, 7), rng.standard_normal(4)),
 }
 
 
@@ -200,7 +200,7 @@ BODIES = {  # one step of a carried scalar state y, reading the argument's eleme
 }
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(ops=st.lists(st.sampled_from(sorted(BODIES)), min_size=1, max_size=3),
        n=st.integers(1, 6), seed=st.integers(0, 2 ** 16), write=st.booleans())
 def test_property_hessian_of_random_loops(ops, n, seed, write):
