@@ -23,18 +23,13 @@ from .ir import Var
 
 def shift_free(graph):
     """The outputs of ``reduce_max`` equations of ``graph`` on which nothing depends."""
-    users = {}
-    for e in graph.eqns:
-        for a in e.inputs:
-            if isinstance(a, Var):
-                users.setdefault(a, []).append(e)
     outs = {a for a in graph.outputs if isinstance(a, Var)}
     return {e.outputs[0] for e in graph.eqns
             if e.prim is P.reduce_max_p and e.outputs[0].aval.is_float
-            and _cancels(e, graph, users, outs)}
+            and _cancels(e, graph, outs)}
 
 
-def _cancels(mx, graph, users, outs):
+def _cancels(mx, graph, outs):
     z, axes = mx.inputs[0], tuple(mx.p["axes"])
     zshape = z.aval.shape
     keep = tuple(1 if k in axes else d for k, d in enumerate(zshape))
