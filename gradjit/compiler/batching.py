@@ -49,9 +49,7 @@ def batch_size(args, dims):
     raise GradjitError("internal error: a batching rule got no batched operand")
 
 
-def _dim(d):
-    """A size for the op functions: a Tracer for a ``Var``, else the int."""
-    return Tracer(d) if isinstance(d, Var) else d
+_dim = P.dim
 
 
 def moveaxis(x, src, dst):

@@ -536,9 +536,14 @@ def fori(start, stop, step, inits, body_fn, names=None, backward=False):
     if all(is_static_scalar(x) for x in rng) and len(range(*rng)) == 0:
         return list(inits)
     regions, outs, mode, formals, pre_f = _loop([Aval("int64")], inits, [body_fn], names)
-    params = {"backward": True} if backward else {}
     return _close_loop(for_p, regions, outs, mode, formals, pre_f, inits, names, extra=rng,
-                       **params)
+                       **_backward(backward))
+
+
+def _backward(flag):
+    """for_p's ``backward`` param, left out when false (so that forward loops' params, and the
+    kernels' cache keys, are as before)."""
+    return {"backward": True} if flag else {}
 
 
 def while_loop(inits, cond_fn, body_fn, names=None):
@@ -593,9 +598,8 @@ def _loop_bind_eqn(e, args):
     n_new = len(formals) - ni - len(lp.inits)
     consts = operands[ni:ni + n_new]
     del nr
-    extra = {"backward": True} if e.p.get("backward") else {}
     return bind(e.prim, *lp.rng, *consts, *lp.inits, n_consts=n_new,
-                **dict(zip(e.prim.regions, graphs)), **extra)
+                **dict(zip(e.prim.regions, graphs)), **_backward(lp.backward))
 
 
 def _loop_dce(e, used):
@@ -1085,9 +1089,8 @@ def _undo_writes(steps, x, log):
 
 
 def _rebind(lp):
-    extra = {"backward": True} if lp.backward else {}
     return bind(lp.prim, *lp.rng, *lp.consts, *lp.inits, n_consts=len(lp.consts),
-                **dict(zip(lp.prim.regions, lp.graphs)), **extra)
+                **dict(zip(lp.prim.regions, lp.graphs)), **_backward(lp.backward))
 
 
 def _loop_vjp_bwd(cts, ins, outs, res, **params):

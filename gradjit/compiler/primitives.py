@@ -504,6 +504,11 @@ class _Shaped:
         self.aval = aval
 
 
+def dim(d):
+    """A size for the op functions: a Tracer for a size variable, else the int."""
+    return Tracer(d) if isinstance(d, Var) else d
+
+
 def _dim_atom(d):
     if isinstance(d, Tracer):
         return d.ivar
@@ -661,7 +666,7 @@ def check_index(i, n, msg):
     """A run-time check that index ``i`` lies in ``[-n, n)``; raises ``IndexOutOfBounds(msg)``
     in the kernel (numba does not check indices, and a write out of bounds corrupts memory)."""
     bind(check_index_p, i if not isinstance(i, Var) else Tracer(i),
-         n if not isinstance(n, Var) else Tracer(n), msg=msg)
+         dim(n), msg=msg)
 
 
 def _bounds_checked(i, n, k):
@@ -863,7 +868,7 @@ def _slice_spec(x, idx):
         else:
             lo = _NONE if i.start is None else i.start
             hi = _NONE if i.stop is None else i.stop
-            length = bind(slicelen_p, Tracer(n) if isinstance(n, Var) else n, lo, hi, step)
+            length = bind(slicelen_p, dim(n), lo, hi, step)
         if isinstance(length, Tracer):
             length = length.ivar
         if isinstance(length, Var):
@@ -997,7 +1002,7 @@ def _indices_checked(a, n, k):
     if not ndim(a):
         return _bounds_checked(a, n, k)
     m = reduce_max(select(lt(a, 0), sub(neg(a), 1), a), tuple(range(ndim(a))))  # empty: iinfo.min
-    bad = select(lt(m, Tracer(n) if isinstance(n, Var) else n), 0, 1)  # 0 or 1, sizes unmapped
+    bad = select(lt(m, dim(n)), 0, 1)  # 0 or 1: no size that vmap could map
     check_index(bad, 1, at(current_loc(), f"integer-array index out of bounds for axis {k}"))
 
 
@@ -1044,7 +1049,7 @@ def _concat_vjp(ct, ins, outs, axis, size=None):
     nd = ndim(ct)
     for x in ins[: len(ins) - (1 if size is not None else 0)]:
         n = shape_of(x)[axis]
-        n = Tracer(n) if isinstance(n, Var) else n
+        n = dim(n)
         stop = add(start, n)
         sl = (slice(None),) * axis + (slice(start, stop),) + (slice(None),) * (nd - axis - 1)
         res.append(index(ct, sl))
@@ -1093,7 +1098,7 @@ def concatenate(xs, axis=0):
         total = 0
         for x in xs:
             d = shape_of(x)[axis]
-            total = add(total, Tracer(d) if isinstance(d, Var) else d)
+            total = add(total, dim(d))
         return bind(concat_p, *xs, total, axis=axis, dynamic=True)
     return bind(concat_p, *xs, axis=axis, dynamic=False)
 
