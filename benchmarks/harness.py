@@ -5,7 +5,11 @@ contestant once, in a fresh random order, so slow drifts of the machine (frequen
 processes, memory state) hit all contestants alike. (A fixed or rotating order is not
 enough: on a loaded machine, which contestant follows which was seen to skew results by
 30%, consistently in favour of one position.) Fast thunks are called k times per sample so
-that one sample is long enough for the clock. The result is the median per call, plus the
+that one sample is long enough for the clock, with k from the median of a few calls (one
+call is too noisy: a slow first call gave one kernel k=2 and its twin k=6). Each sample
+starts with one untimed call, so that a contestant is not charged for the caches and free
+lists the previous one left: with k=2 that first call alone made a kernel 1.4x its
+byte-identical twin next to torch. The result is the median per call, plus the
 CPU time per wall time of the contestant run alone (about 1 when single-threaded; jax uses
 every core for large elementwise ops and cannot be limited to one except by CPU affinity).
 """
@@ -91,14 +95,14 @@ def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
     reps = {}
     for name, thunk in thunks.items():
         try:
-            t = _time_calls(thunk, 1)[0]
+            t = float(np.median([_time_calls(thunk, 1)[0] for _ in range(5)]))
             # Calls per sample: enough that one sample lasts about sample_s.
             reps[name] = k = max(1, min(100_000, int(sample_s / max(t, 1e-8))))
             out[name] = [_time_calls(thunk, k)]
         except Exception as e:  # noqa: BLE001 - a failing contestant becomes a table cell
             out[name] = e
     live = [n for n in thunks if not isinstance(out[n], Exception)]
-    per_round = sum(out[n][0][0] for n in live) or 1e-3
+    per_round = sum(out[n][0][0] * (reps[n] + 1) / reps[n] for n in live) or 1e-3
 
     # Cores used, measured apart from the interleaved samples: process CPU time counts every
     # thread, and a thread pool that spins after its work (XLA's does) would otherwise be
@@ -124,6 +128,7 @@ def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
                 if isinstance(out[name], Exception):
                     continue
                 try:
+                    thunks[name]()  # untimed: see the module's docstring
                     out[name].append(_time_calls(thunks[name], reps[name]))
                 except Exception as e:  # noqa: BLE001
                     out[name] = e
