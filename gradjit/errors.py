@@ -22,6 +22,12 @@ class SizeFallback(GradjitError):
     the runtime then switches to the general version (compiled only when first needed)."""
 
 
+class UnitAxis(GradjitError, ValueError):
+    """Raised by a kernel given an axis of size 1 where it was compiled for other sizes: unit
+    axes are part of the signature (a 1 broadcasts), so the runtime then looks up the
+    signature with that 1. numba code calling a ``.numba()`` kernel sees it."""
+
+
 def at(loc, msg):
     """Prefix ``msg`` with the user's ``file:line`` when known."""
     return f"{loc}: {msg}" if loc else msg

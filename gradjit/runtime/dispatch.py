@@ -62,6 +62,7 @@ class CacheInfo:
 
 _stats = CacheInfo()
 _all_caches = []  # every transform's memory cache, for cache_info/clear_cache
+_all_fast = []  # and their hot-path tables
 
 
 def cache_info():
@@ -78,7 +79,7 @@ def cache_info():
 
 def clear_cache(memory=True, disk=False):
     if memory:
-        for c in _all_caches:
+        for c in _all_caches + _all_fast:
             c.clear()
     if disk:
         dc = disk_cache()
@@ -333,7 +334,9 @@ class Transformed:
             raise ValueError(f"unknown target {target!r}: use 'auto', 'cpu', 'parallel' or 'cuda'")
         self.target = target
         self.cache = {}
+        self.fast = {}  # fingerprint of the argument types -> (compiled function, post, strict)
         _all_caches.append(self.cache)
+        _all_fast.append(self.fast)
         functools.update_wrapper(self, fun, updated=())
 
     def __repr__(self):
@@ -342,8 +345,27 @@ class Transformed:
     # -- the hot path --------------------------------------------------------------------------
 
     def __call__(self, *args):
-        # The hot path: a key from the arguments' types (arrays: dtype, rank, unit axes),
-        # one dict lookup, one numba call.
+        # The hot path: numba's C fingerprint of the arguments' types (dtype, rank, layout),
+        # one dict lookup, and the compiled function numba would pick for them, called
+        # directly. The kernel itself raises when a size is 1 where it was compiled for
+        # other sizes (unit axes are part of the signature), and any error it raises is
+        # sorted out by the full path.
+        try:
+            run, post, strict = self.fast[fingerprint(args)]
+        except (KeyError, NotImplementedError):
+            return self._call(args)
+        if strict is not None and not strict(args):
+            return self._call(args)
+        try:
+            out = run(*args)
+        except GradjitError:
+            return self._call(args)
+        _stats.hits += 1
+        return out if post is None else post(out)
+
+    def _call(self, args):
+        """The full path: a key from the arguments' types (arrays: dtype, rank, unit axes),
+        compiling on a miss; then the fast path is set up for these argument types."""
         n = len(args)
         key = (_KEYS[n] if n < _N_KEYS else _key_fn(n))(args)
         entry = self.cache.get(key)
@@ -358,15 +380,16 @@ class Transformed:
                 _stats.hits += 1
         else:
             _stats.hits += 1
-        if entry.has_0d:
-            args = [prepare(a) for a in args]
+        call = [prepare(a) for a in args] if entry.has_0d else args
         try:  # free when nothing is raised (Python 3.11+)
-            out = entry.kernel(*args, *[c.get() for c in entry.captures]) if entry.captures \
-                else entry.kernel(*args)
+            out = entry.kernel(*call, *[c.get() for c in entry.captures]) if entry.captures \
+                else entry.kernel(*call)
         except ShapeError as e:
             raise ShapeError(f"{e} (argument shapes: {_shapes(args)})") from None
         except SizeFallback:
-            out = entry.general(args)
+            out = entry.general(call)
+        if not (entry.check or entry.has_0d):
+            _set_fast(self.fast, entry, args)
         post = entry.post
         return out if post is None else post(out)
 
@@ -492,6 +515,56 @@ def _key_fn(n):
 
 _N_KEYS = 9
 _KEYS = [_key_fn(n) for n in range(_N_KEYS)]
+
+
+def fingerprint(args):
+    """Until a kernel has run (numba is imported lazily), no hot-path table has entries."""
+    raise NotImplementedError
+
+
+def _set_fast(fast, entry, args):
+    """Let the hot path run ``entry`` for arguments typed as ``args`` (which it just ran on).
+
+    Not for unit axes (their kernels are specialised on the 1s, which the fingerprint does
+    not see), nor for arguments the fingerprint cannot tell apart from another key: a
+    Python float and a numpy float64 scalar print alike but promote differently (a Python
+    float is weak), so their exact types are checked at each call."""
+    global fingerprint
+    from numba._dispatcher import compute_fingerprint as fingerprint
+
+    if any(type(a) is np.ndarray and 1 in a.shape for a in args):
+        return
+    try:
+        fp = fingerprint(args)
+    except NotImplementedError:
+        return
+    floats = [(k, type(a)) for k, a in enumerate(args) if isinstance(a, float)]
+    strict = None
+    if floats:
+        test = " and ".join(f"type(args[{k}]) is T{k}" for k, _ in floats)
+        ns = {f"T{k}": t for k, t in floats}
+        exec(f"def strict(args):\n    return {test}", ns)
+        strict = ns["strict"]
+    run = entry.kernel
+    into = getattr(run, "into", None)
+    if into is None:
+        run = _compiled_for(run, args)
+    else:
+        fn, results = into
+        outs = [np.empty(shape, dt) for _, shape, dt in results[1]]
+        run = _into_runner(_compiled_for(fn, (*args, *outs)), results, len(args))
+    fast[fp] = (run, entry.post, strict)
+
+
+def _compiled_for(disp, args):
+    """The compiled function numba's dispatcher ``disp`` runs for ``args``: called directly,
+    it skips the dispatcher's own type matching (the caller has matched the types)."""
+    import numba
+
+    try:
+        return disp.overloads[tuple(numba.typeof(a) for a in args)].entry_point
+    except Exception:  # not a CPU dispatcher, or typed otherwise: the dispatcher still works
+        return disp
 
 
 def _shapes(args):
@@ -633,10 +706,11 @@ class Lowered:
             print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
         self.source = cpu.emit_source(self.optimized, what=what, target=self.target)
 
-    def _numba_compile(self, kernel):
+    def _numba_compile(self, kernel, outs=()):
         """Compile (or load from numba's cache) for the argument types of this signature now,
         so that errors surface here and ahead-of-time ``warm`` stores object code."""
-        vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures]
+        vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures] + \
+            list(outs)
         _numba_compile(kernel, vals, lambda: f"{self.tf.kind} of {self.traced.qualname} "
                        f"({self.traced.loc}) [{self.signature}]")
 
@@ -661,8 +735,7 @@ class Lowered:
         t0 = time.perf_counter()
         mod, hit = load_source(self.source, key, meta)
         _preload_capi(_capi_needed(self.source))
-        kernel = _fast(mod)
-        self._numba_compile(kernel)
+        self._numba_compile(_fast(mod), _out_examples(mod))
         dc = disk_cache()
         if dc is not None and dc.enabled:
             dc.seal(key)  # record numba's object code so later processes can trust it
@@ -773,14 +846,50 @@ def _numba_load(kernel, vals, what):
 
 
 def _fast(mod):
-    """The entry point to compile first: the size-specialised one when the module has it."""
-    return getattr(mod, "kernel_fast", None) or mod.kernel
+    """The entry point to compile first: the size-specialised one when the module has it,
+    writing its small array results into arrays the caller passes when it can."""
+    return getattr(mod, "kernel_into", None) or getattr(mod, "kernel_fast", None) or mod.kernel
+
+
+def _out_examples(mod):
+    """The arrays ``kernel_into`` writes its results to (compiling needs their types)."""
+    if not hasattr(mod, "kernel_into"):
+        return []
+    return [np.empty(shape, dt) for _, shape, dt in mod.kernel_into_results[1]]
+
+
+def _into_runner(fn, results, nargs=None):
+    """A Python function calling ``fn`` (a ``kernel_into``) like the other kernels: it
+    allocates the array results, passes them after the arguments, and puts the results in
+    order. ``nargs``: a fixed number of arguments (faster than ``*args``)."""
+    n, outs = results
+    ns = {"fn": fn, "empty": np.empty}
+    alloc = []
+    for j, (_, shape, dt) in enumerate(outs):
+        # np.empty(2) is numpy's cheapest allocation (~0.1 us): no dtype argument when float64
+        ns[f"S{j}"], ns[f"D{j}"] = (shape[0] if len(shape) == 1 else tuple(shape)), np.dtype(dt)
+        alloc.append(f"    o{j} = empty(S{j}{'' if dt == 'float64' else f', D{j}'})")
+    params = "*args" if nargs is None else ", ".join(f"a{k}" for k in range(nargs))
+    arrays = {k: f"o{j}" for j, (k, _, _) in enumerate(outs)}
+    others = [k for k in range(n) if k not in arrays]
+    got = {k: ("r" if len(others) == 1 else f"r[{i}]") for i, k in enumerate(others)}
+    res = [arrays.get(k) or got[k] for k in range(n)]
+    outs_text = ", ".join(f"o{j}" for j in range(len(outs)))
+    lines = [f"def run({params}):", *alloc,
+             f"    {'r = ' if others else ''}fn({params}, {outs_text})",
+             f"    return {res[0] if n == 1 else '(' + ', '.join(res) + ')'}"]
+    exec("\n".join(lines), ns)
+    run = ns["run"]
+    run.into = (fn, results)
+    return run
 
 
 def _entry(mod, captures, guards, leaves, results, assemble):
     """The Entry of a kernel module; ``results``: (dtype, rank) of what the kernel returns."""
     e = Entry()
     e.kernel = _fast(mod)
+    if hasattr(mod, "kernel_into"):
+        e.kernel = _into_runner(e.kernel, mod.kernel_into_results)
     e.full = mod.kernel
     e.captures = captures
     e.guards = guards
@@ -1125,7 +1234,7 @@ def _from_manifest(tf, m, args, dc):
     static = set(tf.static_argnums)
     leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
     _preload_capi(m["capi"])
-    vals = [prepare(x) for x in leaves] + [c.value for c in arrays]
+    vals = [prepare(x) for x in leaves] + [c.value for c in arrays] + _out_examples(mod)
 
     def what():
         return f"{tf.kind} of {m['qualname']} ({m['loc']}) [{m['signature']}]"

@@ -42,9 +42,13 @@ import numpy as np
 import numba
 from numba import prange
 from gradjit.kernels.cpu import *  # noqa: F401,F403
-from gradjit.errors import IndexOutOfBounds, ShapeError, SizeFallback
+from gradjit.errors import IndexOutOfBounds, ShapeError, SizeFallback, UnitAxis
 
 '''
+
+# A kernel's sizes are symbolic only where the signature said "not 1".
+UNIT_MSG = ("an axis of size 1 where this kernel was compiled for other sizes (unit axes are "
+            "part of the signature: get the kernel for arguments of these shapes)")
 
 
 def np_dtype(dt):
@@ -130,34 +134,53 @@ class Emitter:
 
     # -- the function --------------------------------------------------------------------------
 
-    def function(self, fname="kernel", guard=None):
+    def function(self, fname="kernel", guard=None, into=False):
         """The function's source; ``guard`` ({(input, axis): size}): raise SizeFallback unless the
-        arguments have those sizes."""
+        arguments have those sizes. ``into``: the array results (all of static shape) are
+        written into arrays passed after the arguments, and the others returned: boxing a
+        new numpy array costs numba ~0.6 us, more than a whole small kernel."""
         args = [self.name(v) for v in self.g.inputs]
         if guard:
             test = " and ".join(f"{args[k]}.shape[{ax}] == {n}" for (k, ax), n in guard)
             self.emit(f"if not ({test}):")
             self.emit("    raise SizeFallback()")
-        for d, (k, ax) in self.g.input_dims().items():
+        dims = self.g.input_dims()
+        for d, (k, ax) in dims.items():
             self.emit(f"{self.name(d)} = {self.name(self.g.inputs[k])}.shape[{ax}]")
+        if dims:  # a 1 would broadcast: such shapes have their own signature
+            self.emit(f"if {' or '.join(f'{self.name(d)} == 1' for d in dims)}:")
+            self.emit(f"raise UnitAxis({UNIT_MSG!r})", 2)
         items, self.dims = schedule(self.g)
         for it in items:
             if isinstance(it, Loop):
                 self.loop(it)
             else:
                 self.stmt(it.eqn)
-        rets = []
+        rets, outs = [], []
         for a in self.g.outputs:
+            if into and a.aval.ndim:
+                o = f"o{len(outs)}"
+                outs.append(o)
+                if isinstance(a, Lit) or a in self.sc:
+                    shape = a.aval.shape
+                    for k, t in enumerate(self.elems(a)):
+                        self.emit(f"{o}[{', '.join(map(str, _unravel(k, shape)))}] = {t}")
+                else:
+                    self.emit(f"{o}[{', '.join([':'] * a.aval.ndim)}] = {self.n(a)}")
+                continue
             text = self.n(a)
             if isinstance(a, Var) and a.aval.ndim and a not in self.fresh:
                 rets.append(f"{text}.copy()")  # never hand back a view of an input
             else:
                 rets.append(text)
-        self.emit(f"return {rets[0]}" if len(rets) == 1 else f"return ({', '.join(rets)})")
+        if len(rets) == 1:
+            self.emit(f"return {rets[0]}")
+        else:
+            self.emit(f"return ({', '.join(rets)})" if rets else "return")
         deco = _decorator(self.jit, self.target)
         body = "\n".join(self.lines)
         consts = "".join(f"{c}\n" for c in self.consts)
-        return f"{consts}\n{deco}def {fname}({', '.join(args)}):\n{body}\n"
+        return f"{consts}\n{deco}def {fname}({', '.join(args + outs)}):\n{body}\n"
 
     # -- scalar and array statements -----------------------------------------------------------
 
@@ -899,12 +922,21 @@ def emit_source(graph, what="kernel", target="cpu", jit=True, fname="kernel", he
           # what the runtime compiles first, one function: the small version behind its guard
           # (the general version only when another size comes)
           + "\n" + _function(small, target, jit, f"{fname}_fast", rename=True, guard=sizes))
+    if jit and any(o.aval.ndim for o in small.outputs) and \
+            all(isinstance(d, int) for o in small.outputs for d in o.aval.shape):
+        # the same, writing its (small, static) array results into arrays the caller allocates:
+        # their (position among the results, shape, dtype), and the number of results
+        outs = tuple((k, o.aval.shape, o.aval.dtype) for k, o in enumerate(small.outputs)
+                     if o.aval.ndim)
+        fn += (f"\n{fname}_into_results = ({len(small.outputs)}, {outs!r})\n"
+               + _function(small, target, jit, f"{fname}_into", rename=True, guard=sizes,
+                           into=True))
     return (HEADER.format(what=what) if header else "") + fn
 
 
-def _function(graph, target, jit, fname, rename, guard=None):
+def _function(graph, target, jit, fname, rename, guard=None, into=False):
     em = Emitter(drop_copies(graph), target, jit)
-    fn = em.function(fname, guard)
+    fn = em.function(fname, guard, into)
     if em.consts and rename:  # module-level constants must not clash between functions
         for k in range(len(em.consts)):
             fn = re.sub(rf"\bC{k}\b", f"C{k}_{fname}", fn)
