@@ -5,11 +5,11 @@ contestant once, in a fresh random order, so slow drifts of the machine (frequen
 processes, memory state) hit all contestants alike. (A fixed or rotating order is not
 enough: on a loaded machine, which contestant follows which was seen to skew results by
 30%, consistently in favour of one position.) Fast thunks are called k times per sample so
-that one sample is long enough for the clock, with k from the median of a few calls (one
-call is too noisy: a slow first call gave one kernel k=2 and its twin k=6). Each sample
-starts with one untimed call, so that a contestant is not charged for the caches and free
-lists the previous one left: with k=2 that first call alone made a kernel 1.4x its
-byte-identical twin next to torch. The result is the median per call, plus the
+that one sample lasts about 5 ms, with k from the fastest of five calls. Each sample starts
+with one untimed call. Both because the contestant that ran before leaves cold caches and,
+for XLA, threads spinning on the other core: a cost paid once per sample, which weighs k
+times less in a sample of k calls. With k from a single (slow) call, a kernel got k=2 and
+its byte-identical twin k=6, and measured 1.4x the twin. The result is the median per call, plus the
 CPU time per wall time of the contestant run alone (about 1 when single-threaded; jax uses
 every core for large elementwise ops and cannot be limited to one except by CPU affinity).
 """
@@ -84,7 +84,7 @@ def _time_calls(thunk, k):
     return t1 - t0, c1 - c0
 
 
-def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
+def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=5e-3):
     """Median seconds per call of each (already warmed-up) thunk, timed round-robin.
 
     Returns {name: Cell or the exception it raised}. The number of rounds is what fits in
@@ -95,7 +95,7 @@ def measure(thunks, budget_s, min_samples=5, max_samples=200, sample_s=2e-3):
     reps = {}
     for name, thunk in thunks.items():
         try:
-            t = float(np.median([_time_calls(thunk, 1)[0] for _ in range(5)]))
+            t = min(_time_calls(thunk, 1)[0] for _ in range(5))
             # Calls per sample: enough that one sample lasts about sample_s.
             reps[name] = k = max(1, min(100_000, int(sample_s / max(t, 1e-8))))
             out[name] = [_time_calls(thunk, k)]
