@@ -463,3 +463,45 @@ def test_general_version_is_compiled_only_when_another_size_arrives():
     assert entry.kernel is entry.full and entry.full.signatures  # switched, compiled once
     np.testing.assert_allclose(g(x), himmelblau_grad(x))  # the general version serves 2 too
     assert len(g.cache) == 1
+
+
+# ---- softmax losses: row reductions in registers, no dense one-hot cotangent ------------------
+
+
+def xent(W, X, y):
+    z = X @ W
+    m = np.max(z, axis=1, keepdims=True)
+    logp = z - m - np.log(np.sum(np.exp(z - m), axis=1, keepdims=True))
+    return -np.mean(logp[np.arange(X.shape[0]), y])
+
+
+def test_softmax_cross_entropy_keeps_row_sums_in_registers_and_scatters_once():
+    rng = np.random.default_rng(7)
+    W, X = rng.standard_normal((6, 5)), rng.standard_normal((40, 6))
+    for y in (rng.integers(0, 5, 40), rng.integers(-5, 0, 40)):  # negative labels count from the end
+        z = X @ W
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        want = X.T @ (p - np.eye(5)[y]) / 40
+        np.testing.assert_allclose(gj.grad(xent)(W, X, y), want, rtol=1e-12, atol=1e-15)
+    src = gj.grad(xent).lower(W, X, y).source
+    # the row sum of the one-hot cotangent is the scattered value itself: no zero matrix
+    assert src.count("+= ") == 1 and not re.search(r"np\.full\(\(\w+, \w+\), 0\.0", src)
+    # the row max and the row sum of exp accumulate in locals, stored once per row
+    assert re.search(r"a_v\d+ = max\(a_v\d+, ", src) and re.search(r"a_v\d+ = a_v\d+ \+ ", src)
+    with np.testing.assert_raises(IndexError):
+        gj.grad(xent)(W, X, np.full(40, 5))
+
+
+def _reduction(red, axis):
+    return lambda a: red(a * 2.0, axis=axis)
+
+
+def test_row_reductions_of_every_kind_against_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.5, 1.5, (7, 4, 3)).astype(np.float32)
+    for axis in ((1, 2), 2, (1,)):
+        for red in (np.sum, np.max, np.min, np.prod):
+            got = gj.jit(_reduction(red, axis))(x)
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, red(x * 2.0, axis=axis), rtol=2e-6)

@@ -604,6 +604,31 @@ def _reducer(prim, bool_to_int=True):
 
 
 reduce_sum = _reducer(reduce_sum_p)
+
+
+def _sum_scatter_fold(x, axes):
+    """Summing away the columns of a one-per-row scatter into zeros gives the scattered
+    values: ``sum(scatter_add(zeros, v, arange(n), j), axis=1) == v`` (also under a ``neg``).
+    This is the row sum of the cotangent of ``logp[np.arange(n), y]`` in a softmax loss;
+    without the rule it is a dense zero matrix, a scatter and a pass over them. Indices are
+    in bounds: the gather they come from checks them."""
+    sign, e = 1, _producer(x)
+    if e is not None and e.prim is neg_p:
+        sign, e = -1, _producer(e.inputs[0])
+    if e is None or e.prim is not scatter_add_p or not _is_zeros(e.inputs[0]):
+        return NotImplemented
+    acc, v, idx = e.inputs[0], e.inputs[1], e.inputs[2:]
+    rows = _producer(idx[0]) if isinstance(idx[0], Var) else None
+    if rows is None or rows.prim is not iota_p or len(idx) < 2 or \
+            axes != tuple(range(1, len(idx))) or \
+            not all(isinstance(i, Var) and i.aval.ndim == 1 for i in idx) or \
+            not same_dim(idx[0].aval.shape[0], acc.aval.shape[0]) or \
+            not same_shape(v.aval.shape, (acc.aval.shape[0],) + acc.aval.shape[len(idx):]):
+        return NotImplemented
+    return _tr(v) if sign == 1 else neg(_tr(v))
+
+
+reduce_sum_p.fold = _sum_scatter_fold
 reduce_max = _reducer(reduce_max_p)
 reduce_min = _reducer(reduce_min_p)
 reduce_prod = _reducer(reduce_prod_p)

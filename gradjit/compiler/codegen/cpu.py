@@ -454,6 +454,7 @@ class Emitter:
                     body.append(f"{self.name(v)}[{', '.join(ix) or '()'}] = {t}")
 
         parallel_ok = self.target == "parallel" and rank > 0
+        rows = {}  # loop depth -> (accumulator inits, stores) of row reductions
         taken = set()
         runs, run = {}, None  # row products next to each other with the same matrix
         for e in L.eqns:
@@ -574,6 +575,22 @@ class Emitter:
                         self.sc[v] = accs
                     if e.prim.name != "reduce_sum":
                         parallel_ok = False
+                elif kept == list(range(len(kept))) and rank > len(kept) > 0:
+                    # a row reduction (the reduced loop axes are the inner ones): a local
+                    # accumulator per row, stored once the inner loops end, so that LLVM
+                    # keeps it in a register and can vectorise the inner loop
+                    m = len(kept)
+                    acc_dt = "float64" if dt == "float32" and e.prim.name == "reduce_sum" else dt
+                    inits, stores = rows.setdefault(m, ([], []))
+                    pre.append(f"{self.name(v)} = np.empty({self.shape_text(v.aval.shape)}, "
+                               f"{np_dtype(dt)})")
+                    self.fresh.add(v)
+                    for j, oc in enumerate(sorted(groups)):
+                        acc = f"a_{self.name(v)}" + (f"_{j}" if len(groups) > 1 else "")
+                        inits.append(f"{acc} = {lit_text(Lit(init, P.Aval(acc_dt)))}")
+                        body.append(f"{acc} = {tpl.format(_combine(tpl, groups[oc]), acc=acc)}")
+                        ref = f"{self.name(v)}[{', '.join(idx[:m] + [str(i) for i in oc])}]"
+                        stores.append(f"{ref} = {acc}")
                 else:
                     pre.append(f"{self.name(v)} = np.full({self.shape_text(v.aval.shape)}, "
                                f"{lit_text(Lit(init, P.Aval(dt)))}, {np_dtype(dt)})")
@@ -613,8 +630,13 @@ class Emitter:
                 rng = "prange" if (k == 0 and parallel_ok) else "range"
                 self.emit(f"for {idx[k]} in {rng}({self.dim(L.shape[k])}):", depth)
                 depth += 1
+                for line in rows.get(k + 1, ((), ()))[0]:
+                    self.emit(line, depth)
             for line in _lines(body):
                 self.emit(line, depth)
+            for m in sorted(rows, reverse=True):  # after the inner loops of that row
+                for line in rows[m][1]:
+                    self.emit(line, m + 1)
         for line in self._post:
             self.emit(line)
         self._post = []
