@@ -200,3 +200,29 @@ def test_small_hessian_and_float32_results_through_kernel_into():
             a, b = float(x[0]), float(x[1])
             want = [[6 * a * b, 3 * a ** 2], [3 * a ** 2, -np.sin(b)]]
             np.testing.assert_allclose(H, want, rtol=tol)
+
+
+def test_vjp_in_a_loop_reuses_its_kernels_and_dropped_transforms_are_freed():
+    import gc
+    import weakref
+
+    def f(x):
+        return np.sin(x) * 2
+
+    x = np.linspace(0.0, 1.0, 5)
+    gj.vjp(f, x)[1](np.ones(5))
+    before = gj.cache_info()
+    for _ in range(5):
+        out, back = gj.vjp(f, x)
+        (g,) = back(np.ones(5))
+        np.testing.assert_allclose(out, 2 * np.sin(x))
+        np.testing.assert_allclose(g, 2 * np.cos(x))
+    after = gj.cache_info()
+    assert (after.misses, after.traces) == (before.misses, before.traces)
+    assert after.hits == before.hits + 10  # forward and backward, from memory
+    t = gj.grad(lambda v: np.sum(v ** 2))
+    np.testing.assert_allclose(t(x), 2 * x)
+    ref = weakref.ref(t)
+    del t
+    gc.collect()
+    assert ref() is None

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +62,9 @@ class CacheInfo:
 
 
 _stats = CacheInfo()
-_all_caches = []  # every transform's memory cache, for cache_info/clear_cache
-_all_fast = []  # and their hot-path tables
+# every live transform, for cache_info/clear_cache (weakly: a transform made per call, as in
+# a loop over ``gj.grad(lambda ...)``, must not keep its kernels alive forever)
+_transforms = weakref.WeakSet()
 
 
 def cache_info():
@@ -71,7 +73,7 @@ def cache_info():
     manifest supplies the kernel, as in a new process whose functions are all cached) and
     manifest_hits."""
     info = CacheInfo(**vars(_stats))
-    info.memory_entries = sum(len(c) for c in _all_caches)
+    info.memory_entries = sum(len(t.cache) for t in list(_transforms))
     dc = disk_cache()
     info.disk_entries = len(dc.entries()) if dc is not None and dc.enabled else 0
     return info
@@ -79,8 +81,10 @@ def cache_info():
 
 def clear_cache(memory=True, disk=False):
     if memory:
-        for c in _all_caches + _all_fast:
-            c.clear()
+        for t in list(_transforms):
+            t.cache.clear()
+            t.fast.clear()
+        _vjp_cache.cache_clear()
     if disk:
         dc = disk_cache()
         if dc is not None:
@@ -335,8 +339,7 @@ class Transformed:
         self.target = target
         self.cache = {}
         self.fast = {}  # fingerprint of the argument types -> (compiled function, post, strict)
-        _all_caches.append(self.cache)
-        _all_fast.append(self.fast)
+        _transforms.add(self)
         functools.update_wrapper(self, fun, updated=())
 
     def __repr__(self):
@@ -1317,8 +1320,8 @@ def _identity(x):
 
 def vjp(fun, *primals):
     """``(out, vjp_fn)``: ``vjp_fn(cotangent)`` returns one gradient per primal."""
-    out = Transformed(fun, "jit")(*primals)
-    back = _vjp_cache(fun)
+    forward, back = _vjp_cache(fun)
+    out = forward(*primals)
     out_leaves, out_tree = pytree.flatten(out)
 
     def vjp_fn(ct):
@@ -1340,8 +1343,11 @@ def vjp(fun, *primals):
     return out, vjp_fn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _vjp_cache(fun):
+    """The compiled forward and backward of ``fun`` for ``gj.vjp`` (kept per function, so that
+    a vjp in a loop finds its kernels in memory)."""
+    forward = Transformed(fun, "jit")
     tf = Transformed(fun, "vjp")
 
     def run(primals, cts):
@@ -1361,7 +1367,7 @@ def _vjp_cache(fun):
         except SizeFallback:
             out = entry.general(flat)
         return entry.post(out)
-    return run
+    return forward, run
 
 
 class _VjpLowered(Lowered):
