@@ -7,7 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import gradjit as gj
@@ -226,3 +226,36 @@ def test_vjp_in_a_loop_reuses_its_kernels_and_dropped_transforms_are_freed():
     del t
     gc.collect()
     assert ref() is None
+
+
+ARG_KINDS = {
+    "py float": lambda r: float(r),
+    "np.float64": lambda r: np.float64(r),
+    "np.float32": lambda r: np.float32(r),
+    "py int": lambda r: int(r * 10),
+    "0-d f64": lambda r: np.array(r),
+    "f32[3]": lambda r: np.full(3, r, np.float32),
+    "f64[2,3] F": lambda r: np.asfortranarray(np.full((2, 3), r)),
+    "f64[1,3]": lambda r: np.full((1, 3), r),
+}
+
+
+def scale_shift(a, s):
+    return a * s + 1
+
+
+scale_shift_jit = gj.jit(scale_shift)
+
+
+@given(st.lists(st.tuples(st.sampled_from(sorted(ARG_KINDS)), st.sampled_from(sorted(ARG_KINDS)),
+                          st.floats(0.5, 2.0)), min_size=2, max_size=5))
+@example([("f32[3]", "py float", 1.0), ("f32[3]", "np.float64", 1.0), ("f64[1,3]", "py int", 1.0),
+          ("f64[2,3] F", "0-d f64", 1.5), ("f64[1,3]", "py int", 0.5)])
+def test_any_sequence_of_argument_kinds_gives_numpys_values_and_dtypes(calls):
+    # the same transform across calls: the hot path set up by one kind must never serve another
+    for ka, ks, r in calls:
+        a, s = ARG_KINDS[ka](r), ARG_KINDS[ks](r + 1)
+        got, want = scale_shift_jit(a, s), scale_shift(a, s)
+        assert np.shape(got) == np.shape(want) and np.result_type(got) == np.result_type(want), \
+            (ka, ks)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
