@@ -513,6 +513,25 @@ op("solve_mat", lambda a, b: np.linalg.solve(a, b), [(("a", "a"), ("a", "b"))],
    (well_conditioned, real), (np.linalg.solve,), rtol=10)
 op("logdet_like", lambda a: np.log(np.abs(np.linalg.det(a))) + np.sum(np.linalg.inv(a)), SQ,
    (well_conditioned,), (np.linalg.det, np.linalg.inv), rtol=10)
+op("slogdet", lambda a: np.linalg.slogdet(a).logabsdet * np.linalg.slogdet(a)[0], SQ,
+   (well_conditioned,), (np.linalg.slogdet,), rtol=10, jit=True)
+op("matrix_power", lambda a: np.linalg.matrix_power(a, 3), SQ, (well_conditioned,),
+   (np.linalg.matrix_power,), rtol=10, jit=True)
+op("matrix_power_neg", lambda a: np.linalg.matrix_power(a, -2) + np.linalg.matrix_power(a, 0),
+   SQ, (well_conditioned,), (np.linalg.matrix_power,), rtol=10)
+op("solve_built_rhs", lambda a: np.linalg.solve(a[:3, :3], np.array([1.0, -2.0, 0.5])),
+   [((3, 3),)], (well_conditioned,), (np.linalg.solve,), rtol=10)
+
+# ---- matrix structure and index reductions (comparisons of aranges) --------------------------
+
+op("diag_of_matrix", lambda x: np.diag(x), M, covers=(np.diag,), jit=True)
+op("diag_of_square", lambda x: np.diag(x), SQ, covers=(np.diag,))
+op("diag_of_vector", lambda x: np.diag(x), V, covers=(np.diag,))
+op("triu", lambda x: np.triu(x, 1), M, covers=(np.triu,), jit=True)
+op("tril", lambda x: np.tril(x, -1), T3, covers=(np.tril,))
+op("argmax_row", lambda x: x[np.argmax(x[:, 0])], M, covers=(np.argmax,), jit=True)
+op("argmin_axis", lambda x: x * np.argmin(x, axis=1, keepdims=True), M, covers=(np.argmin,))
+op("argmax_flat", lambda x: x * np.argmax(x), T3, covers=(np.argmax,))
 
 # ---- composites (derived functions and fusion) ----------------------------------------------
 

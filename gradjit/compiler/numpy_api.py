@@ -7,6 +7,7 @@ they need no adjoint rule of their own.
 
 from __future__ import annotations
 
+import collections
 import operator
 
 import numpy as np
@@ -660,6 +661,119 @@ def trace(x):
     n = P.shape_of(x)[0]
     i = P.arange(Tracer(n) if not isinstance(n, int) else n)
     return P.reduce_sum(P.gather(x, (i, i)) if isinstance(i, Tracer) else x[i, i])
+
+
+# --------------------------------------------------------------------------------------------
+# Matrix structure and index reductions, composed of comparisons of aranges (their adjoints
+# come from select's and gather's)
+# --------------------------------------------------------------------------------------------
+
+
+def _iota(n):
+    """0, 1, ..., n-1 as a traced vector (``n`` an int or a size variable)."""
+    r = P.arange(Tracer(n) if not isinstance(n, int) else n)
+    return r if isinstance(r, Tracer) else P.lift(r)
+
+
+def _static_int(name, k):
+    if isinstance(k, Tracer) or not isinstance(k, (int, np.integer)):
+        raise TraceError(at(current_loc(), f"{name}: k must be an integer known at compile time"))
+    return int(k)
+
+
+@implements(np.diag)
+def diag(v, k=0):
+    if _static_int("np.diag", k) != 0:
+        raise TraceError(at(current_loc(), "np.diag with k != 0 is not supported"))
+    if P.ndim(v) == 1:
+        i = _iota(P.shape_of(v)[0])
+        return P.select(P.eq(i[:, None], i[None, :]), v[:, None], 0)
+    if P.ndim(v) != 2:
+        raise TraceError(at(current_loc(), "np.diag takes a vector or a matrix"))
+    m, n = P.shape_of(v)
+    if isinstance(m, int) and isinstance(n, int):
+        size = min(m, n)
+    else:
+        size = m if P.same_dim(m, n) else P.minimum(Tracer(m) if not isinstance(m, int) else m,
+                                                     Tracer(n) if not isinstance(n, int) else n)
+    i = _iota(size) if not isinstance(size, Tracer) else P.arange(size)
+    return P.gather(v, (i, i))
+
+
+def _band(x, k, name, upper):
+    if P.ndim(x) < 2:
+        raise TraceError(at(current_loc(), f"{name} takes an array of rank 2 or more"))
+    k = _static_int(name, k)
+    m, n = P.shape_of(x)[-2:]
+    d = P.sub(_iota(n)[None, :], _iota(m)[:, None])  # column - row
+    return P.select(P.ge(d, k) if upper else P.le(d, k), x, 0)
+
+
+@implements(np.triu)
+def triu(x, k=0):
+    return _band(x, k, "np.triu", True)
+
+
+@implements(np.tril)
+def tril(x, k=0):
+    return _band(x, k, "np.tril", False)
+
+
+def _arg_reduce(x, axis, keepdims, red):
+    """The first index of the maximum (minimum) along ``axis``: the smallest index where the
+    value equals the reduction (an integer: no derivative flows through it)."""
+    if axis is None:
+        first = _arg_reduce(ravel(x), 0, False, red)
+        return P.reshape(first, (1,) * P.ndim(x)) if keepdims else first
+    (ax,) = P.norm_axes(axis, P.ndim(x))
+    n = P.shape_of(x)[ax]
+    i = P.reshape(_iota(n), (n,) + (1,) * (P.ndim(x) - ax - 1))
+    hit = P.eq(x, red(x, ax, keepdims=True))
+    return P.reduce_min(P.select(hit, i, Tracer(n) if not isinstance(n, int) else n), ax,
+                        keepdims=keepdims)
+
+
+@implements(np.argmax)
+def argmax(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    return _arg_reduce(x, axis, keepdims, P.reduce_max)
+
+
+@implements(np.argmin)
+def argmin(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    return _arg_reduce(x, axis, keepdims, P.reduce_min)
+
+
+@implements(np.linalg.matrix_power)
+def matrix_power(a, n):
+    n = _static_int("np.linalg.matrix_power", n)
+    if P.ndim(a) != 2:
+        raise TraceError(at(current_loc(), "np.linalg.matrix_power takes a square matrix"))
+    if n < 0:
+        a, n = P.inv(a), -n
+    if n == 0:
+        i = _iota(P.shape_of(a)[0])
+        return P.select(P.eq(i[:, None], i[None, :]), P.cast(1, P.dtype_of(a)), 0)
+    result, square = None, a
+    while n:  # square and multiply
+        if n & 1:
+            result = square if result is None else P.matmul(result, square)
+        n >>= 1
+        if n:
+            square = P.matmul(square, square)
+    return result
+
+
+SlogdetResult = collections.namedtuple("SlogdetResult", "sign logabsdet")
+
+
+@implements(np.linalg.slogdet)
+def slogdet(a):
+    """From the determinant: exact in sign, and in logabsdet unless det itself under- or
+    overflows (entries of very large or small scale in a large matrix)."""
+    d = P.det(a)
+    return SlogdetResult(P.sign(d), P.log(P.absolute(d)))
 
 
 # --------------------------------------------------------------------------------------------

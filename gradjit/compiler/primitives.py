@@ -1291,9 +1291,8 @@ def solve(a, b):
         if isinstance(n, int) and isinstance(nb, int):
             raise ShapeError(at(current_loc(), msg))
         check_eq(n, nb, at(current_loc(), msg))
-    if not isinstance(b, Tracer):
-        raise TraceError(at(current_loc(), "np.linalg.solve with a constant right-hand side: "
-                            "pass it as an argument"))
+    if not isinstance(b, Tracer):  # a right-hand side built while tracing (np.ones(n))
+        b = lift(b)
     return bind(solve_p, a, b)
 
 
