@@ -98,6 +98,12 @@ def well_conditioned(rng, shape, sizes):
     return rng.uniform(-1.0, 1.0, shape) + n * np.eye(n)
 
 
+def spd(rng, shape, sizes):
+    n = shape[-1]
+    b = rng.uniform(-1.0, 1.0, shape)
+    return b @ b.T / n + np.eye(n)
+
+
 def boolean(rng, shape, sizes):
     return rng.random(shape) < 0.5
 
@@ -519,6 +525,12 @@ op("matrix_power", lambda a: np.linalg.matrix_power(a, 3), SQ, (well_conditioned
    (np.linalg.matrix_power,), rtol=10, jit=True)
 op("matrix_power_neg", lambda a: np.linalg.matrix_power(a, -2) + np.linalg.matrix_power(a, 0),
    SQ, (well_conditioned,), (np.linalg.matrix_power,), rtol=10)
+op("cholesky", lambda a: np.linalg.cholesky(a), SQ, (spd,), (np.linalg.cholesky,), rtol=10,
+   jit=True, order2=True)
+op("gaussian_log_density",
+   lambda a, x: -0.5 * np.sum(np.linalg.solve(np.linalg.cholesky(a), x) ** 2)
+   - np.sum(np.log(np.diag(np.linalg.cholesky(a)))),
+   [(("a", "a"), ("a",))], (spd, real), (np.linalg.cholesky,), rtol=10)
 op("solve_built_rhs", lambda a: np.linalg.solve(a[:3, :3], np.array([1.0, -2.0, 0.5])),
    [((3, 3),)], (well_conditioned,), (np.linalg.solve,), rtol=10)
 

@@ -303,6 +303,8 @@ def test_linalg_runs_once_per_example():
     b = RNG.normal(size=(5, 3))
     check(lin, A, b, rtol=1e-10, atol=1e-12)
     check(lin, A, b[0], in_axes=(0, None), rtol=1e-10, atol=1e-12)
+    spd = A @ np.swapaxes(A, 1, 2)
+    check(lambda a, v: np.linalg.cholesky(a) @ v, spd, b, rtol=1e-10, atol=1e-12)
 
 
 # ---- compositions with grad and jacobian -------------------------------------------------------

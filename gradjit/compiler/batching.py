@@ -544,7 +544,7 @@ def loop_rule(prim):
     return rule
 
 
-for _p in (P.det_p, P.inv_p, P.solve_p):
+for _p in (P.det_p, P.inv_p, P.solve_p, P.cholesky_p):
     BATCH_RULES[_p] = loop_rule(_p)
 
 

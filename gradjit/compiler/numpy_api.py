@@ -492,6 +492,14 @@ def inv(a):
     return P.inv(a)
 
 
+@implements(np.linalg.cholesky)
+def cholesky(a, upper=False):
+    if upper:
+        raise TraceError(at(current_loc(), "np.linalg.cholesky(upper=True) is not supported: "
+                            "transpose the lower factor"))
+    return P.cholesky(a)
+
+
 @implements(np.linalg.solve)
 def solve(a, b):
     return P.solve(a, b)

@@ -1255,6 +1255,31 @@ solve_p = primitive("solve", lambda a, b: (Aval(a.aval.dtype, b.aval.shape),),
                     impl=np.linalg.solve, vjp=_solve_vjp, cpu=_linalg_cpu("solve"))
 
 
+def _lower_weights(a, diag_w, lower_w):
+    """The (n, n) matrix with ``lower_w`` below the diagonal, ``diag_w`` on it, 0 above."""
+    n = shape_of(a)[0]
+    i = arange(Tracer(n) if isinstance(n, Var) else n)
+    i = i if isinstance(i, Tracer) else lift(i)
+    r, c = reshape(i, (n, 1)), reshape(i, (1, n))
+    return select(gt(r, c), lower_w, select(eq(r, c), diag_w, 0.0))
+
+
+def _cholesky_vjp(ct, ins, outs):
+    """Murray (2016): with Phi(X) the lower triangle of X with half its diagonal,
+    S = L^-T Phi(L^T ct) L^-1, symmetrised. numpy reads only A's lower triangle, so an entry
+    below the diagonal stands for two entries of the symmetric matrix: 2 S there, S on the
+    diagonal, 0 above (what central differences of any A see)."""
+    L = outs[0]
+    Li = inv(L)
+    phi = mul(matmul(transpose(L), ct), _lower_weights(L, 0.5, 1.0))
+    S = matmul(matmul(transpose(Li), phi), Li)
+    return (mul(add(S, transpose(S)), _lower_weights(L, 0.5, 1.0)),)
+
+
+cholesky_p = primitive("cholesky", _square_shape, impl=np.linalg.cholesky,
+                       vjp=_cholesky_vjp, cpu=_linalg_cpu("cholesky"))
+
+
 def _square_operand(fn, a):
     (a,), _ = promote(a, to_float=True)
     s = shape_of(a)
@@ -1277,6 +1302,10 @@ def det(a):
 
 def inv(a):
     return bind(inv_p, _square_operand("inv", a))
+
+
+def cholesky(a):
+    return bind(cholesky_p, _square_operand("cholesky", a))
 
 
 def solve(a, b):
