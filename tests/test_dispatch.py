@@ -78,6 +78,10 @@ def test_python_and_numpy_float_scalars_promote_as_numpy_does(first):
     for kind in order:
         s = kinds[kind]
         assert f(x, s).dtype == (x * s).dtype, kind
+        if kind == first:
+            (hot,) = f.fast.values()
+        # the other kind takes the full path without taking the hot path over
+        assert list(f.fast.values()) == [hot]
     assert (x * 2.0).dtype == np.float32 and (x * np.float64(2.0)).dtype == np.float64
 
 
@@ -109,6 +113,9 @@ def test_size_specialised_kernel_then_other_sizes():
     for x in ([1.0, 2.0], [1.0, 2.0], [0.5, -1.0, 3.0], [3.0, 2.0], [0.5, -1.0, 3.0, 7.0]):
         x = np.array(x)
         np.testing.assert_allclose(f(x), dh(x), rtol=1e-13)
+    (entry,) = f.cache.values()
+    ((*_, (owner, kernel)),) = f.fast.values()
+    assert entry.kernel is entry.full and owner is entry and kernel is entry.full
 
 
 def test_hits_are_counted_and_clear_cache_empties_the_hot_path():

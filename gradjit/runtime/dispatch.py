@@ -338,7 +338,8 @@ class Transformed:
             raise ValueError(f"unknown target {target!r}: use 'auto', 'cpu', 'parallel' or 'cuda'")
         self.target = target
         self.cache = {}
-        self.fast = {}  # fingerprint of the argument types -> (compiled function, post, strict)
+        # fingerprint of the argument types -> (compiled function, post, strict, (entry, kernel))
+        self.fast = {}
         _transforms.add(self)
         functools.update_wrapper(self, fun, updated=())
 
@@ -354,7 +355,7 @@ class Transformed:
         # other sizes (unit axes are part of the signature), and any error it raises is
         # sorted out by the full path.
         try:
-            run, post, strict = self.fast[fingerprint(args)]
+            run, post, strict, _ = self.fast[fingerprint(args)]
         except (KeyError, NotImplementedError):
             return self._call(args)
         if strict is not None and not strict(args):
@@ -541,6 +542,11 @@ def _set_fast(fast, entry, args):
         fp = fingerprint(args)
     except NotImplementedError:
         return
+    old = fast.get(fp)
+    if old is not None and (old[3][0] is not entry or old[3][1] is entry.kernel):
+        # another key with this fingerprint (a numpy float64 where a Python float was) keeps
+        # the hot path; only a switch of this entry's kernel (to the general one) replaces it
+        return
     floats = [(k, type(a)) for k, a in enumerate(args) if isinstance(a, float)]
     strict = None
     if floats:
@@ -548,7 +554,7 @@ def _set_fast(fast, entry, args):
         ns = {f"T{k}": t for k, t in floats}
         exec(f"def strict(args):\n    return {test}", ns)
         strict = ns["strict"]
-    run = entry.kernel
+    run = kernel = entry.kernel
     into = getattr(run, "into", None)
     if into is None:
         run = _compiled_for(run, args)
@@ -556,7 +562,7 @@ def _set_fast(fast, entry, args):
         fn, results = into
         outs = [np.empty(shape, dt) for _, shape, dt in results[1]]
         run = _into_runner(_compiled_for(fn, (*args, *outs)), results, len(args))
-    fast[fp] = (run, entry.post, strict)
+    fast[fp] = (run, entry.post, strict, (entry, kernel))
 
 
 def _compiled_for(disp, args):
