@@ -34,9 +34,13 @@ demo: $(VENV)
 	$(PY) examples/run_all.py
 
 # pytest exits 5 when it collected no tests; that is a failure here, never a silent pass.
-# Extra pytest arguments: make test PYTEST_ARGS="-k cache -x"
+# The suite runs on every core (numba compiles on one): each test file in one worker
+# (--dist loadfile), so a file's compile counts and module-scoped caches stay its own.
+# Extra pytest arguments: make test PYTEST_ARGS="-k cache -x"; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
 test: $(VENV)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
