@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradjit as gj
+from gradjit.compiler.codegen.cpu import FASTMATH as FLAGS  # the generated kernels' flags
 from gradjit.kernels.cpu import TRIG_BOUND, gj_cos, gj_exp, gj_sin
-
-FLAGS = {"arcp", "contract", "nsz", "reassoc"}  # as gradjit/compiler/codegen/cpu.py emits
 
 
 @numba.njit(error_model="numpy", fastmath=FLAGS)

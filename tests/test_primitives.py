@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -325,6 +326,12 @@ for _k, (_f, _dom) in enumerate([(np.sum, real), (np.mean, real), (np.max, real)
         op(f"{_f.__name__}[axis={_axis},keepdims={_kd}]", _reduction(_f, _axis, _kd), _tmpl,
            (_dom,), (_f,), f32=_j == _k % 6, jit=_j == 4 and _k < 3,
            order2=_j == 0 and _k < 2, ref=_j != _k % 6)
+op("nanmax", lambda x: np.nanmax(x, axis=1), M, covers=(np.nanmax,), f32=True, jit=True)
+op("nanmin", lambda x: np.nanmin(x), V, covers=(np.nanmin,))
+op("nansum", lambda x: np.nansum(x, axis=0, keepdims=True), M, covers=(np.nansum,))
+op("nanmean", lambda x: np.nanmean(x, axis=-1), T3, covers=(np.nanmean,), jit=True)
+op("isnan_isinf_isfinite", lambda x: np.where(np.isnan(x) | np.isinf(x), 0.0, x) * np.isfinite(x),
+   V, covers=(np.isnan, np.isinf, np.isfinite))
 op("amax", lambda x: np.amax(x, axis=0), M, covers=(np.amax,))
 op("amin", lambda x: np.amin(x, axis=1), M, covers=(np.amin,))
 op("sum_0d", lambda x: np.sum(x), [((),)], covers=(np.sum,))
@@ -573,7 +580,7 @@ REF_ONLY = {
     "einsum_matvec", "einsum_dot", "einsum_outer", "einsum_diag", "einsum_transpose",
     "einsum_sum", "einsum_implicit", "einsum_elementwise", "tensordot_1", "tensordot_0",
     "solve_mat", "softplus", "sin_exp", "array_nested", "stack_0d", "int_times_float",
-    "logical_not", "astype_roundtrip",
+    "logical_not", "astype_roundtrip", "nanmin", "nansum", "isnan_isinf_isfinite",
 }
 assert REF_ONLY <= {o.name for o in OPS}, REF_ONLY - {o.name for o in OPS}
 OPS[:] = [dataclasses.replace(o, ref=True) if o.name in REF_ONLY else o for o in OPS]
@@ -601,11 +608,12 @@ def _letters(template):
                    if isinstance(d, str)})
 
 
-def make_args(o, template, sizes, rng, dtype):
+def make_args(o, template, sizes, rng, dtype, domains=None):
     args = []
     for k, t in enumerate(template):
         shape = tuple(_dim(d, sizes) for d in t)
-        dom = o.domains[k] if k < len(o.domains) else real
+        doms = o.domains if domains is None else domains
+        dom = doms[k] if k < len(doms) else real
         v = np.asarray(dom(rng, shape, sizes))
         if v.dtype.kind == "f":
             v = v.astype(dtype)
@@ -741,6 +749,87 @@ def _f32_templates(o):
 def test_float32(o, data):
     template, sizes, rng = draw_case(data, _f32_templates(o))
     run_case(o, make_args(o, template, sizes, rng, np.float32), rng)
+
+
+# ---- special values: nan, inf, -0.0, huge, tiny; empty arrays; unit axes --------------------
+
+SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, 5e-324,
+                           0.5, -1.5, 2.0])
+FLOAT_DOMAINS = {real, small, pos, unit, gt1, gtm05, nonzero, frac, few, with_zeros, mod_num,
+                 mod_pair}
+# Unit axes are part of a signature (a compile each): only these ops draw them.
+UNIT_AXES = {"maximum", "fmax", "nanmax", "where", "clip", "logsumexp", "max_method",
+             "nanmean"}
+
+
+def special(rng, shape, sizes):
+    """Half the elements special values, half ordinary ones (so that each meets the other)."""
+    return np.where(rng.random(shape) < 0.5, rng.choice(SPECIAL_VALUES, shape),
+                    rng.uniform(-2.0, 2.0, shape))
+
+
+def _special_domains(o):
+    """``o``'s domains with every float sampler replaced by ``special`` (None: linear algebra,
+    whose LAPACK calls take no NaN)."""
+    doms = o.domains + (real,) * (max(len(t) for t in o.shapes) - len(o.domains))
+    if any(d in (well_conditioned, spd) for d in doms):
+        return None
+    return tuple(special if d in FLOAT_DOMAINS else d for d in doms)
+
+
+def _quiet(fn, *args):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's All-NaN slice and the like
+        return fn(*args)
+
+
+def assert_same_special(got, want, o, what):
+    """numpy's shape and dtype; NaN and +-inf at the same places; finite values close."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype.kind == want.dtype.kind, \
+        f"{o.name}: {what} is {got.dtype}{got.shape}, numpy {want.dtype}{want.shape}"
+    atol, rtol = _forward_tol(want.dtype if want.dtype.kind == "f" else "float64", o)
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol, equal_nan=True,
+                               err_msg=f"{o.name}: {what}")
+
+
+def run_special_case(o, args, rng):
+    try:
+        want = np.asarray(_quiet(o.fn, *args))
+    except (ValueError, IndexError) as e:  # the max of an empty array: the IR raises too
+        with pytest.raises(type(e)):
+            _quiet(reference_outputs, o.fn, args)
+        return
+    wdt = want.dtype if want.dtype.kind == "f" else np.dtype(np.float64)
+    w = np.asarray(rng.uniform(0.5, 1.5, want.shape)).astype(wdt)
+    vg = _value_and_grad(o, tuple(k for k, a in enumerate(args) if a.dtype.kind == "f"))
+    ref = _quiet(reference_transform, vg, [w, *args])
+    if o.ref:
+        assert_same_special(ref[1], want, o, "the reference evaluator's forward result")
+        return
+    (_, aux), grads = vg(w, *args)
+    assert_same_special(aux, want, o, "the compiled forward result")
+    for k, (g, r) in enumerate(zip(grads, ref[2:])):
+        assert_same_special(g, r, o, f"compiled gradient {k} (against the reference evaluator "
+                            "of the same IR)")
+
+
+@pytest.mark.parametrize("o", _params([o for o in OPS if _special_domains(o)], "special"))
+@settings(max_examples=3)
+@given(data=st.data())
+def test_special_values(o, data):
+    """NaN, inf, -0.0, huge and tiny elements and empty arrays, through the kernels
+    test_float64 compiles (sizes are not part of a signature: no new compile): numpy's forward
+    values, and the gradient the reference evaluator computes from the same IR."""
+    doms = _special_domains(o)
+    template = data.draw(st.sampled_from(o.shapes), label="template")
+    # no empty axes where an integer index must point into them
+    lo = 0 if all(d is special for d in doms) else 2
+    choices = [lo] + list(range(1 if o.name in UNIT_AXES else 2, 6))
+    sizes = {c: data.draw(st.sampled_from(choices), label=f"size {c}")
+             for c in _letters(template)}
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    run_special_case(o, make_args(o, template, sizes, rng, np.float64, doms), rng)
 
 
 # gj.jit against numpy, one op per family (every op's forward values are also checked through

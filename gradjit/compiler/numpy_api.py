@@ -53,7 +53,7 @@ for _f, _op in [
 for _f, _op in [
     (np.add, P.add), (np.subtract, P.sub), (np.multiply, P.mul), (np.divide, P.div),
     (np.true_divide, P.div), (np.power, P.power), (np.maximum, P.maximum),
-    (np.minimum, P.minimum), (np.fmax, P.maximum), (np.fmin, P.minimum),
+    (np.minimum, P.minimum), (np.fmax, P.fmax), (np.fmin, P.fmin),
     (np.arctan2, P.arctan2), (np.mod, P.mod), (np.remainder, P.mod),
     (np.floor_divide, P.floor_divide), (np.equal, P.eq), (np.not_equal, P.ne), (np.less, P.lt),
     (np.less_equal, P.le), (np.greater, P.gt), (np.greater_equal, P.ge),
@@ -83,14 +83,30 @@ def cbrt(x):
 
 
 @implements(np.hypot)
-def hypot(a, b):
-    return P.sqrt(P.add(P.mul(a, a), P.mul(b, b)))
+def hypot(a, b):  # a name of its own: the front end maps math.hypot to it
+    return P.hypot(a, b)
 
 
 @implements(np.logaddexp)
 def logaddexp(a, b):
     m = P.stop_gradient(P.maximum(a, b))
+    m = P.select(isfinite(m), m, 0.0)  # no shift by inf: inf - inf would be nan
     return P.add(m, P.log(P.add(P.exp(P.sub(a, m)), P.exp(P.sub(b, m)))))
+
+
+@implements(np.isnan)
+def isnan(x):
+    return P.ne(x, x)
+
+
+@implements(np.isinf)
+def isinf(x):
+    return P.eq(P.absolute(x), np.inf)
+
+
+@implements(np.isfinite)
+def isfinite(x):
+    return P.lt(P.absolute(x), np.inf)
 
 
 @implements(np.sinc)
@@ -131,16 +147,56 @@ def sum_(x, axis=None, dtype=None, out=None, keepdims=False):
     return P.astype(y, dtype) if dtype is not None else y
 
 
+def _no_identity(x, axis, op):
+    P.check_nonempty(x, axis, f"zero-size array to reduction operation {op} which has no identity")
+
+
 @implements(np.max, np.amax)
 def max_(x, axis=None, out=None, keepdims=False):
     _no_out(out)
+    _no_identity(x, axis, "maximum")
     return P.reduce_max(x, axis, keepdims)
 
 
 @implements(np.min, np.amin)
 def min_(x, axis=None, out=None, keepdims=False):
     _no_out(out)
+    _no_identity(x, axis, "minimum")
     return P.reduce_min(x, axis, keepdims)
+
+
+@implements(np.nanmax)
+def nanmax(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    _no_identity(x, axis, "fmax")
+    return P.reduce_fmax(x, axis, keepdims)
+
+
+@implements(np.nanmin)
+def nanmin(x, axis=None, out=None, keepdims=False):
+    _no_out(out)
+    _no_identity(x, axis, "fmin")
+    return P.reduce_fmin(x, axis, keepdims)
+
+
+def _nan_to_zero(x):
+    return P.select(isnan(x), 0, x) if P.dtype_of(x).startswith("float") else x
+
+
+@implements(np.nansum)
+def nansum(x, axis=None, dtype=None, out=None, keepdims=False):
+    return sum_(_nan_to_zero(x), axis, dtype, out, keepdims)
+
+
+@implements(np.nanmean)
+def nanmean(x, axis=None, dtype=None, out=None, keepdims=False):
+    """Sum over count of the non-NaN elements (NaN where there are none, as numpy)."""
+    _no_out(out)
+    (x,), _ = P.promote(x, to_float=True)
+    s = P.reduce_sum(_nan_to_zero(x), axis, keepdims)
+    n = P.reduce_sum(P.convert(P.logical_not(isnan(x)), P.dtype_of(x)), axis, keepdims)
+    y = P.div(s, n)
+    return P.astype(y, dtype) if dtype is not None else y
 
 
 @implements(np.prod)
@@ -175,6 +231,7 @@ def var(x, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
     d = P.sub(x, mean(x, axis, keepdims=True))
     axes = P.norm_axes(axis, P.ndim(x))
     n = P.sub(P.size_of(x, axes), ddof)
+    n = P.maximum(n, 0) if isinstance(n, Tracer) else max(n, 0)  # numpy: nan for ddof >= n
     y = _div_count(P.reduce_sum(P.mul(d, d), axis, keepdims), n)
     return P.astype(y, dtype) if dtype is not None else y
 
@@ -243,6 +300,8 @@ def _check_reshape(x, shape):
     dst = "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + \
         (",)" if len(shape) == 1 else ")")
     msg = at(current_loc(), f"cannot reshape an array of shape {src} into shape {dst}")
+    if infer:  # -1 beside a zero size is ambiguous: numpy raises
+        P.check_nonzero(known, msg)
     if isinstance(total, Tracer) or isinstance(known, Tracer):
         if infer:
             if not (isinstance(known, int) and known == 1):
@@ -736,7 +795,8 @@ def _arg_reduce(x, axis, keepdims, red):
     (ax,) = P.norm_axes(axis, P.ndim(x))
     n = P.shape_of(x)[ax]
     i = P.reshape(_iota(n), (n,) + (1,) * (P.ndim(x) - ax - 1))
-    hit = P.eq(x, red(x, ax, keepdims=True))
+    # the first NaN where there is one (the max is then NaN, which nothing equals)
+    hit = P.logical_or(P.eq(x, red(x, ax, keepdims=True)), isnan(x))
     return P.reduce_min(P.select(hit, i, Tracer(n) if not isinstance(n, int) else n), ax,
                         keepdims=keepdims)
 
@@ -744,12 +804,14 @@ def _arg_reduce(x, axis, keepdims, red):
 @implements(np.argmax)
 def argmax(x, axis=None, out=None, keepdims=False):
     _no_out(out)
+    P.check_nonempty(x, axis, "attempt to get argmax of an empty sequence")
     return _arg_reduce(x, axis, keepdims, P.reduce_max)
 
 
 @implements(np.argmin)
 def argmin(x, axis=None, out=None, keepdims=False):
     _no_out(out)
+    P.check_nonempty(x, axis, "attempt to get argmin of an empty sequence")
     return _arg_reduce(x, axis, keepdims, P.reduce_min)
 
 

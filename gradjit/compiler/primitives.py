@@ -222,7 +222,7 @@ arctanh_p, arctanh = _unary("arctanh", np.arctanh, lambda x, y: reciprocal(sub(1
                             "np.arctanh({0})", "math.atanh({0})")
 abs_p, absolute = _unary("abs", np.abs, lambda x, y: sign(x), "abs({0})", float_only=False)
 # Non-differentiable (zero derivative almost everywhere): no adjoint contribution.
-sign_p, sign = _unary("sign", np.sign, None, "np.sign({0})", "(({0} > 0) - ({0} < 0))",
+sign_p, sign = _unary("sign", np.sign, None, "gj_sign({0})", "(({0} > 0) - ({0} < 0))",
                       float_only=False)
 floor_p, floor = _unary("floor", np.floor, None, "np.floor({0})", "math.floor({0})")
 ceil_p, ceil = _unary("ceil", np.ceil, None, "np.ceil({0})", "math.ceil({0})")
@@ -232,6 +232,7 @@ for _p in (sign_p, floor_p, ceil_p, round_p):
     _p.zero_grad = True
 not_p, logical_not = _unary("not", np.logical_not, None, "(not {0})", float_only=False)
 not_p.vjp = lambda ct, ins, outs: (None,)
+not_p.shape_rule = _ew_shape("bool")  # np.logical_not(1.5) is False, not 0.0
 
 
 # ---- algebraic identities, applied as equations are built (x+0, x*1, x*0, --x) -------------
@@ -254,10 +255,10 @@ def _identity_fold(unit, absorbing=None, left_unit=True):
         for keep, other, ok in ((a, b, True), (b, a, left_unit)):
             if ok and _lit_is(other, unit) and _passes_through(keep, other, prim, (a, b)):
                 return Tracer(keep)
-        if absorbing is not None:
+        out = prim.shape_rule(a, b)[0]
+        if absorbing is not None and _kind(out.dtype) != "float":  # nan * 0 is nan: ints only
             for keep, other in ((a, b), (b, a)):
                 if _lit_is(other, absorbing) and isinstance(keep, Var):
-                    out = prim.shape_rule(a, b)[0]
                     return full(out.shape, 0, out.dtype) if out.shape else NotImplemented
         return NotImplemented
     return fold
@@ -310,15 +311,27 @@ mul_p, mul = _binary("mul", np.multiply, "({0} * {1})",
 div_p, div = _binary("div", np.true_divide, "({0} / {1})",
                      lambda ct, ins, outs: (div(ct, ins[1]), neg(mul(ct, div(outs[0], ins[1])))),
                      to_float=True)
-max_p, maximum = _binary("max", np.maximum, "max({0}, {1})", cuda="max({0}, {1})")
-min_p, minimum = _binary("min", np.minimum, "min({0}, {1})", cuda="min({0}, {1})")
-# Ties split the cotangent in half, so that max(x, x) has derivative 1 (as JAX does).
-max_p.vjp = min_p.vjp = lambda ct, ins, outs: (
-    mul(ct, _tie_weight(ins[0], ins[1], outs[0])), mul(ct, _tie_weight(ins[1], ins[0], outs[0])))
 
 
-def _tie_weight(x, other, y):
-    return select(eq(x, other), 0.5, select(eq(x, y), 1.0, 0.0))
+def _minmax_vjp(ct, ins, outs):
+    """Each operand's derivative: 1 where the result is that operand (for fmax/fmin the
+    non-NaN one), 1/2 at a tie (max(x, x) has derivative 1, as in JAX), else 0; NaN where the
+    result is NaN (for maximum, either operand NaN): central differences of numpy see NaN
+    there whatever the step, and a NaN value should not get a silent 0 gradient."""
+    y = outs[0]
+    other = select(eq(y, y), 0.0, math.nan)
+    hx, hy = (eq(a, y) for a in ins)
+    return (mul(ct, select(hx, select(hy, 0.5, 1.0), other)),
+            mul(ct, select(hy, select(hx, 0.5, 1.0), other)))
+
+
+# numpy's NaN rules (kernels/cpu.py): maximum/minimum propagate NaN, fmax/fmin ignore it.
+max_p, maximum = _binary("max", np.maximum, "gj_maximum({0}, {1})", _minmax_vjp,
+                         cuda="max({0}, {1})")
+min_p, minimum = _binary("min", np.minimum, "gj_minimum({0}, {1})", _minmax_vjp,
+                         cuda="min({0}, {1})")
+fmax_p, fmax = _binary("fmax", np.fmax, "gj_fmax({0}, {1})", _minmax_vjp)
+fmin_p, fmin = _binary("fmin", np.fmin, "gj_fmin({0}, {1})", _minmax_vjp)
 
 
 def _pow_vjp(ct, ins, outs):
@@ -371,8 +384,8 @@ def power(x, y):
     if is_static_scalar(y) and float(y).is_integer() and not isinstance(y, bool):
         if y == 1:
             return x
-        if y == 0:
-            return add(mul(x, 0.0), 1.0)
+        if y == 0:  # 1 even for x = nan or inf (numpy): not x * 0 + 1
+            return full(shape_of(x), 1, dtype_of(x)) if isinstance(x, Tracer) else x ** 0
         (xx,), dt = promote(x)
         if not dt.startswith("float") and y < 0:
             (xx,), dt = promote(x, to_float=True)
@@ -395,7 +408,12 @@ def _atan2_vjp(ct, ins, outs):
 
 atan2_p, arctan2 = _binary("atan2", np.arctan2, "np.arctan2({0}, {1})", _atan2_vjp,
                            cuda="math.atan2({0}, {1})", to_float=True)
-mod_p, mod = _binary("mod", np.mod, "np.mod({0}, {1})",
+# libm's hypot: no overflow of a*a + b*b, and hypot(inf, nan) = inf as in numpy
+hypot_p, hypot = _binary("hypot", np.hypot, "np.hypot({0}, {1})",
+                         lambda ct, ins, outs: (mul(ct, div(ins[0], outs[0])),
+                                                mul(ct, div(ins[1], outs[0]))),
+                         cuda="math.hypot({0}, {1})", to_float=True)
+mod_p, mod = _binary("mod", np.mod, "gj_mod({0}, {1})",
                      lambda ct, ins, outs: (ct, None if is_static_scalar(ins[1]) else
                                             neg(mul(ct, floor(div(ins[0], ins[1]))))))
 floordiv_p, floor_divide = _binary("floordiv", np.floor_divide, "({0} // {1})",
@@ -562,15 +580,43 @@ def _prod_vjp(ct, ins, outs, axes):
     return (mul(_expand_back(ct, x, axes), d),)
 
 
+# Sums and products accumulate through helpers whose one instruction may be reassociated (the
+# kernels' own flags do not allow it: kernels/cpu.py). ``par_cpu``: the form numba's prange
+# recognises as a reduction, used by target='parallel' (whose kernels allow reassociation).
 reduce_sum_p = primitive("reduce_sum", _reduce_shape, impl=lambda x, axes: np.sum(x, axis=axes),
-                         vjp=_sum_vjp, kind="reduce", init=0, cpu="{acc} + {0}")
-reduce_max_p = primitive("reduce_max", _reduce_shape, impl=lambda x, axes: np.max(x, axis=axes),
-                         vjp=_max_vjp, kind="reduce", init=-math.inf, cpu="max({acc}, {0})")
-reduce_min_p = primitive("reduce_min", _reduce_shape, impl=lambda x, axes: np.min(x, axis=axes),
-                         vjp=_max_vjp, kind="reduce", init=math.inf, cpu="min({acc}, {0})")
+                         vjp=_sum_vjp, kind="reduce", init=0, cpu="gj_acc_add({acc}, {0})",
+                         par_cpu="{acc} + {0}")
+
+
+def _from_init(ufunc, init):
+    """The reference semantics of a reduction starting from ``init``, as the kernels do (an
+    integer dtype's extreme value for +-inf, as ``codegen.cpu.lit_text`` writes it)."""
+    def impl(x, axes):
+        x = np.asarray(x)
+        v = init
+        if x.dtype.kind in "iu" and math.isinf(v):
+            v = np.iinfo(x.dtype).min if v < 0 else np.iinfo(x.dtype).max
+        return ufunc.reduce(x, axis=axes, initial=v)
+    return impl
+
+
+# max/min propagate NaN; fmax/fmin (np.nanmax/np.nanmin) skip it, and start from NaN so that
+# an all-NaN slice stays NaN (float only). ``init`` is what an empty slice would give: the
+# numpy functions check that none is (``check_nonempty``); internal uses rely on it.
+# _max_vjp at NaN: no element equals a NaN result, so mask / count = 0/0 makes the slice's
+# gradient NaN (what central differences of numpy give); fmax's NaN elements get 0.
+reduce_max_p = primitive("reduce_max", _reduce_shape, impl=_from_init(np.maximum, -math.inf),
+                         vjp=_max_vjp, kind="reduce", init=-math.inf,
+                         cpu="gj_acc_max({acc}, {0})")
+reduce_min_p = primitive("reduce_min", _reduce_shape, impl=_from_init(np.minimum, math.inf),
+                         vjp=_max_vjp, kind="reduce", init=math.inf, cpu="gj_acc_min({acc}, {0})")
+reduce_fmax_p = primitive("reduce_fmax", _reduce_shape, impl=_from_init(np.fmax, math.nan),
+                          vjp=_max_vjp, kind="reduce", init=math.nan, cpu="gj_acc_fmax({acc}, {0})")
+reduce_fmin_p = primitive("reduce_fmin", _reduce_shape, impl=_from_init(np.fmin, math.nan),
+                          vjp=_max_vjp, kind="reduce", init=math.nan, cpu="gj_acc_fmin({acc}, {0})")
 reduce_prod_p = primitive("reduce_prod", _reduce_shape,
                           impl=lambda x, axes: np.prod(x, axis=axes), vjp=_prod_vjp,
-                          kind="reduce", init=1, cpu="{acc} * {0}")
+                          kind="reduce", init=1, cpu="gj_acc_mul({acc}, {0})")
 
 
 def norm_axes(axis, nd):
@@ -632,6 +678,30 @@ reduce_sum_p.fold = _sum_scatter_fold
 reduce_max = _reducer(reduce_max_p)
 reduce_min = _reducer(reduce_min_p)
 reduce_prod = _reducer(reduce_prod_p)
+_reduce_fmax, _reduce_fmin = _reducer(reduce_fmax_p), _reducer(reduce_fmin_p)
+
+
+def reduce_fmax(x, axis=None, keepdims=False):
+    """``np.nanmax``: the max of the non-NaN elements (NaN where all are NaN)."""
+    return (_reduce_fmax if _kind(dtype_of(x)) == "float" else reduce_max)(x, axis, keepdims)
+
+
+def reduce_fmin(x, axis=None, keepdims=False):
+    return (_reduce_fmin if _kind(dtype_of(x)) == "float" else reduce_min)(x, axis, keepdims)
+
+
+def check_nonzero(n, msg):
+    """A ``ShapeError`` (a ``ValueError``) if the size ``n`` is 0: now, or in the kernel where
+    ``n`` is only known then."""
+    if isinstance(n, Tracer):
+        check_eq(eq(n, 0), False, msg)
+    elif n == 0:
+        raise ShapeError(msg)
+
+
+def check_nonempty(x, axis, msg):
+    """numpy's max/min (argmax, nanmax, ...) of an empty slice raise: no identity."""
+    check_nonzero(size_of(x, norm_axes(axis, ndim(x))), at(current_loc(), msg))
 
 
 def size_of(x, axes):
@@ -1387,7 +1457,9 @@ class ConstArray:
     __slots__ = ("array", "_key")
 
     def __init__(self, array):
-        self.array = np.ascontiguousarray(array)
+        # a private copy, read-only so that the graph's constant cannot change under it (the
+        # caller's array is never re-flagged)
+        self.array = np.array(array, order="C", copy=True)
         self.array.flags.writeable = False
         self._key = (self.array.dtype.str, self.array.shape, self.array.tobytes())
 

@@ -80,8 +80,8 @@ def gj_tape_room(t):
 # vectoriser; these are branch-free (selects; sin/cos branch only to their libm fallback), so a
 # loop calling them runs 4 lanes at a time on AVX2 (gradient of sum(sin(x)*exp(-x*x)): ~5x).
 # They are compiled with their own fastmath={'contract'} and inlined by LLVM (forceinline), so
-# the generated kernel's 'reassoc'/'nsz' flags never touch them: the rounding trick and the
-# double-double reduction below need exact IEEE order.
+# a kernel's flags never touch them (target='parallel' has 'reassoc'): the rounding trick and
+# the double-double reduction below need exact IEEE order.
 #
 # Accuracy (float64), against glibc through numpy: at most 1 ulp apart in every sample we ran
 # (millions, whole range); tests/test_fast_math.py asserts <= 2 ulp and the special values.
@@ -328,5 +328,103 @@ def _gj_cos(x):
 if None not in _LIBM.values():
     gj_sin, gj_cos = _gj_sin, _gj_cos
 
-__all__ = ["gj_cos", "gj_cumsum_last", "gj_exp", "gj_sin", "gj_slicelen", "gj_tape_at",
-           "gj_tape_room"]
+
+# =============================================================================================
+# numpy's NaN and signed-zero rules for maxima, minima, sign and mod
+# =============================================================================================
+# numba's own max/min/np.maximum/np.sign/np.mod differ from numpy at NaN or -0.0. These are
+# numpy's loops written out (selects once inlined, so loops still vectorise), compiled with
+# IEEE flags of their own like the helpers above. Ties (-0.0 and 0.0) return the second operand,
+# as numpy's array loops do (np.maximum(-0.0, 0.0) is 0.0; numpy's scalar fmax returns the first).
+# fastmath=False explicitly: a helper without the option inherits its caller's flags.
+_ieee = dict(cache=True, error_model="numpy", fastmath=False, forceinline=True)
+
+
+@numba.njit(**_ieee)
+def gj_maximum(a, b):
+    """np.maximum: NaN if either is NaN."""
+    return a if a > b or a != a else b
+
+
+@numba.njit(**_ieee)
+def gj_minimum(a, b):
+    """np.minimum: NaN if either is NaN."""
+    return a if a < b or a != a else b
+
+
+@numba.njit(**_ieee)
+def gj_fmax(a, b):
+    """np.fmax: a NaN operand is ignored (NaN only if both are)."""
+    return a if a > b or b != b else b
+
+
+@numba.njit(**_ieee)
+def gj_fmin(a, b):
+    """np.fmin: a NaN operand is ignored (NaN only if both are)."""
+    return a if a < b or b != b else b
+
+
+def _acc_step(float_op, int_op):
+    """``acc op x``, a step of a reduction (an intrinsic): ``float_op(builder, x, y)`` for
+    floats, ``int_op(builder, x, y, signed)`` for integers, on the operands' common type."""
+    @intrinsic
+    def step(typingctx, a, b):
+        t = typingctx.unify_types(a, b)
+        if not isinstance(t, (types.Float, types.Integer)):
+            return None
+
+        def cg(context, builder, sig, args):
+            x, y = (context.cast(builder, v, ty, t) for v, ty in zip(args, sig.args))
+            if isinstance(t, types.Float):
+                return float_op(builder, x, y)
+            return int_op(builder, x, y, t.signed)
+        return t(a, b), cg
+    return step
+
+
+def _llvm(name):
+    def op(builder, x, y):
+        fnty = ir.FunctionType(x.type, [x.type, x.type])
+        return builder.call(builder.module.declare_intrinsic(name, [x.type], fnty), [x, y])
+    return op
+
+
+def _pick(pred):
+    def op(builder, x, y, signed):
+        cmp = builder.icmp_signed if signed else builder.icmp_unsigned
+        return builder.select(cmp(pred, x, y), x, y)
+    return op
+
+
+# Sums and products: the kernels are compiled without 'reassoc' (it lets LLVM regroup any
+# expression: (a*b)/c overflows where a*(b/c) does not), so the accumulating instruction alone
+# carries it, which is what lets the vectoriser reorder a reduction.
+_REASSOC = ("reassoc", "contract")
+gj_acc_add = _acc_step(lambda b, x, y: b.fadd(x, y, flags=_REASSOC), lambda b, x, y, s: b.add(x, y))
+gj_acc_mul = _acc_step(lambda b, x, y: b.fmul(x, y, flags=_REASSOC), lambda b, x, y, s: b.mul(x, y))
+# Maxima and minima: LLVM's maximum/minimum propagate NaN (and order -0.0 below 0.0 whatever
+# the order of the elements; numpy's answer there depends on its loop), maxnum/minnum skip
+# it; the vectoriser reduces either several lanes at a time (a NaN-propagating compare and
+# select chain it cannot: ~8x slower).
+gj_acc_max = _acc_step(_llvm("llvm.maximum"), _pick(">"))
+gj_acc_min = _acc_step(_llvm("llvm.minimum"), _pick("<"))
+gj_acc_fmax = _acc_step(_llvm("llvm.maxnum"), _pick(">"))
+gj_acc_fmin = _acc_step(_llvm("llvm.minnum"), _pick("<"))
+
+
+@numba.njit(**_ieee)
+def gj_sign(x):
+    """np.sign: sign(-0.0) is 0.0 (numba's is -0.0), sign(nan) is nan; x's type."""
+    return _like(x, 1.0 if x > 0 else (-1.0 if x < 0 else (0.0 if x == 0 else np.float64(x))))
+
+
+@numba.njit(**_ieee)
+def gj_mod(a, b):
+    """np.mod: a zero result takes the divisor's sign (numba's is always +0.0)."""
+    r = np.mod(a, b)
+    return r if r != 0 else abs(r) * np.sign(b)
+
+__all__ = ["gj_acc_add", "gj_acc_fmax", "gj_acc_fmin", "gj_acc_max", "gj_acc_min",
+           "gj_acc_mul", "gj_cos",
+           "gj_cumsum_last", "gj_exp", "gj_fmax", "gj_fmin", "gj_maximum",
+           "gj_minimum", "gj_mod", "gj_sign", "gj_sin", "gj_slicelen", "gj_tape_at", "gj_tape_room"]

@@ -28,9 +28,16 @@ from .. import primitives as P
 from ..ir import Lit, Namer, Var, fmt_aval
 from .schedule import Loop, drop_copies, is_small, row_matmul, schedule
 
-# fastmath flags: reassociation and contraction let LLVM vectorise reductions and fuse
-# multiply-adds; no 'nnan'/'ninf'/'afn', so inf, nan and libm accuracy stay as in numpy.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+# fastmath flags, set here only (``_decorator``). 'contract' fuses multiply-adds (one rounding
+# fewer); nothing else, so nan, inf and -0.0 give numpy's results: not 'nnan'/'ninf' (assume
+# no nan/inf), 'nsz' (with reassoc LLVM folds (x + y) - y to x: numpy's nan at y = inf; and
+# flips signs of zero), 'arcp' (x / y as x * (1 / y): inf for a subnormal y, 0 / 5e-324 nan),
+# 'afn' (libm accuracy), 'reassoc' (it regroups any expression: (a * b) / c overflows where
+# a * (b / c) does not). Sums and products still vectorise: their accumulating instruction
+# alone may be reassociated (gj_acc_add, gj_acc_mul). target='parallel' adds 'reassoc':
+# numba's prange reductions are plain additions. tests/test_nan_inf.py checks these.
+FASTMATH = {"contract"}
+PARALLEL_FASTMATH = FASTMATH | {"reassoc"}
 
 # An input axis that static indices reach up to k - 1 (2 <= k <= SMALL_GUESS) gets a kernel
 # version specialised on size k.
@@ -93,6 +100,7 @@ class Emitter:
         self.sc = {}  # small static values held as scalars: Var -> element texts (C order)
         self.arrays = set()  # values of ``sc`` that also exist as an array
         self.loop_done = set()  # ids of the equations of loops emitted so far
+        self.running = set()  # ids of the adds of running sums carried by a loop (_for)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -210,6 +218,8 @@ class Emitter:
         raise GradjitError(f"no CPU lowering for primitive '{e.prim.name}'")
 
     def expr(self, e, args, idx):
+        if id(e) in self.running:  # reassociable, as a reduction's accumulator is
+            return f"gj_acc_add({args[0]}, {args[1]})"
         tpl = e.prim.cpu
         if callable(tpl):
             return tpl(args, e.p)
@@ -489,7 +499,7 @@ class Emitter:
                     if how == "dot":
                         d = f"d_{self.name(out)}"
                         body.append(f"{d} = {lit_text(Lit(0, P.Aval(out.aval.dtype)))}")
-                        inner.append(f"{d} += {a} * {self.n(w)}[j0]")
+                        inner.append(f"{d} = gj_acc_add({d}, {a} * {self.n(w)}[j0])")
                         dots.append((u, out, d))
                     else:
                         pre.append(f"{self.name(out)} = np.zeros({self.shape_text(out.aval.shape)}"
@@ -565,15 +575,17 @@ class Emitter:
                     acc_dt = "float64" if dt == "float32" and e.prim.name == "reduce_sum" else dt
                     accs = [self.name(v)] if v.aval.ndim == 0 else \
                         [f"{self.name(v)}_{k}" for k in range(len(groups))]
+                    par = getattr(e.prim, "par_cpu", None)
+                    upd = par if par and self.target == "parallel" else tpl
                     for acc, oc in zip(accs, sorted(groups)):
                         pre.append(f"{acc} = {lit_text(Lit(init, P.Aval(acc_dt)))}")
                         # one update per iteration (the form prange recognises as a reduction)
-                        body.append(f"{acc} = {tpl.format(_combine(tpl, groups[oc]), acc=acc)}")
+                        body.append(f"{acc} = {upd.format(_combine(tpl, groups[oc]), acc=acc)}")
                         if acc_dt != dt:
                             self._post.append(f"{acc} = np.{dt}({acc})")
                     if v.aval.ndim:
                         self.sc[v] = accs
-                    if e.prim.name != "reduce_sum":
+                    if par is None:
                         parallel_ok = False
                 elif kept == list(range(len(kept))) and rank > len(kept) > 0:
                     # a row reduction (the reduced loop axes are the inner ones): a local
@@ -779,7 +791,7 @@ def _algebra(e, args, expr):
         return _fold(expr)
     a, b = args
     if name == "mul":
-        if a in _ZERO or b in _ZERO:
+        if (a in _ZERO or b in _ZERO) and dt == "int64":  # nan * 0 is nan
             return lit_text(Lit(0, P.Aval(dt)))
         if a in _ONE or b in _ONE:
             return b if a in _ONE else a
@@ -1008,7 +1020,8 @@ def _decorator(jit, target):
     if not jit:
         return ""
     par = ", parallel=True" if target == "parallel" else ""
-    fm = "{" + ", ".join(repr(f) for f in sorted(FASTMATH)) + "}"
+    flags = PARALLEL_FASTMATH if target == "parallel" else FASTMATH
+    fm = "{" + ", ".join(repr(f) for f in sorted(flags)) + "}"
     return f"@numba.njit(cache=True, error_model='numpy', fastmath={fm}{par})\n"
 
 
@@ -1020,12 +1033,13 @@ def _decorator(jit, target):
 from .. import control as C
 
 
-def _region(em, graph, names, owned=(), scalars=None):
+def _region(em, graph, names, owned=(), scalars=None, running=()):
     """A sub-Emitter holding the statements of ``graph`` (one block deeper than ``em``), its
     inputs standing for the texts in ``names`` (or the element texts in ``scalars``: values
-    held as scalars); ``owned`` inputs may be updated in place."""
+    held as scalars); ``owned`` inputs may be updated in place; ``running``: Emitter.running."""
     sub = Emitter(graph, em.target, em.jit)
     sub.name, sub.consts, sub._post = em.name, em.consts, []
+    sub.running = set(running)
     for v, text in names.items():
         if v not in sub.name.names:
             sub.name.names[v] = text
@@ -1179,7 +1193,8 @@ def _for(em, e):
     em.emit(f"# {_region_comment(em, e)}")
     owned, held = _enter_loop(em, e, lp.graphs, kf, lp.inits)
     names, scalars = _operands(em, cf, lp.consts)
-    sub = _region(em, lp.body, names, owned, {**scalars, **held})
+    sub = _region(em, lp.body, names, owned, {**scalars, **held},
+                  _running_sums(lp.body, kf, lp.body.outputs))
     _back_edge(sub, kf, lp.body.outputs, owned, held)
     start, stop, step = lp.rng
     bounds = [em.n(start), em.n(stop)] + ([] if isinstance(step, Lit) and step.value == 1
@@ -1187,6 +1202,16 @@ def _for(em, e):
     em.emit(f"for {em.name(i)} in range({', '.join(bounds)}):")
     _nest(em, sub)
     _leave_loop(em, e, kf, owned, held)
+
+
+def _running_sums(body, formals, outs):
+    """The adds ``s + t`` of a float scalar ``s`` carried to the next iteration: a reduction
+    written as a loop (``s += d * d``), whose one addition may be reassociated so that LLVM
+    vectorises the loop as it does a sum (the kernels' flags do not allow it elsewhere)."""
+    prod = {v: e for e in body.eqns for v in e.outputs}
+    return {id(prod[o]) for f, o in zip(formals, outs)
+            if isinstance(o, Var) and o in prod and prod[o].prim is P.add_p
+            and f in prod[o].inputs and f.aval.ndim == 0 and f.aval.dtype.startswith("float")}
 
 
 @rule(C.while_p)
