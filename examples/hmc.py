@@ -15,7 +15,34 @@ def log_density(x, prec, mean):
     return -0.5 * d @ prec @ d
 
 
+def gradient_kernel():
+    """gradjit's gradient of the log-density, as a kernel numba code can call."""
+    return gj.grad(log_density).numba(np.zeros(2), PREC, MEAN)
+
+
+@numba.njit
+def energy(x, p, prec, mean):
+    d = x - mean
+    return 0.5 * d @ prec @ d + 0.5 * p @ p
+
+
+def make_leapfrog(grad_kernel):
+    @numba.njit
+    def leapfrog(x, p, prec, mean, eps, steps):
+        """``steps`` leapfrog steps from (x, p): the Hamiltonian dynamics the sampler follows."""
+        xn, pn = x.copy(), p.copy()
+        pn = pn + 0.5 * eps * grad_kernel(xn, prec, mean)
+        for _ in range(steps):
+            xn = xn + eps * pn
+            pn = pn + eps * grad_kernel(xn, prec, mean)
+        pn = pn - 0.5 * eps * grad_kernel(xn, prec, mean)
+        return xn, pn
+    return leapfrog
+
+
 def make_sampler(grad_kernel):
+    leapfrog = make_leapfrog(grad_kernel)
+
     @numba.njit
     def sample(x0, prec, mean, n, eps, steps, seed):
         np.random.seed(seed)
@@ -23,16 +50,8 @@ def make_sampler(grad_kernel):
         x = x0.copy()
         for k in range(n):
             p = np.random.standard_normal(x.size)
-            xn, pn = x.copy(), p.copy()
-            pn = pn + 0.5 * eps * grad_kernel(xn, prec, mean)
-            for _ in range(1 + np.random.randint(steps)):  # jittered: no resonance
-                xn = xn + eps * pn
-                pn = pn + eps * grad_kernel(xn, prec, mean)
-            pn = pn - 0.5 * eps * grad_kernel(xn, prec, mean)
-            d0, d1 = x - mean, xn - mean
-            h0 = 0.5 * d0 @ prec @ d0 + 0.5 * p @ p
-            h1 = 0.5 * d1 @ prec @ d1 + 0.5 * pn @ pn
-            if np.random.random() < np.exp(h0 - h1):
+            xn, pn = leapfrog(x, p, prec, mean, eps, 1 + np.random.randint(steps))  # jittered
+            if np.random.random() < np.exp(energy(x, p, prec, mean) - energy(xn, pn, prec, mean)):
                 x = xn
             out[k] = x
         return out
@@ -40,8 +59,7 @@ def make_sampler(grad_kernel):
 
 
 def run(n=20000, seed=0):
-    g = gj.grad(log_density).numba(np.zeros(2), PREC, MEAN)
-    samples = make_sampler(g)(np.zeros(2), PREC, MEAN, n, 0.1, 10, seed)
+    samples = make_sampler(gradient_kernel())(np.zeros(2), PREC, MEAN, n, 0.1, 10, seed)
     return samples[n // 10:]
 
 

@@ -237,6 +237,15 @@ def fit(x, aval, what="a value"):
                                 f"{P.fmt_shape(aval.shape)} was expected"))
         P.check_eq(d, e, at(current_loc(), f"{what} changes size at run time "
                             f"({P.fmt_shape(xa.shape)} vs {P.fmt_shape(aval.shape)})"))
+    if not _is_tape(aval) and any(isinstance(d, int) != isinstance(e, int)
+                                  for d, e in zip(xa.shape, aval.shape)):
+        # sizes equal by the checks above, but a size known statically on one side only must
+        # be so on the value too: a region's formals and yields are rebuilt from their
+        # operands' shapes (an f64[n] carry fitted to f64[2] would otherwise stay f64[n] outside
+        # the loop and f64[2] inside, and the kernel's back edge would not match)
+        template, dims = P._split_dims(aval.shape)
+        x = P.bind(P.broadcast_to_p, x if isinstance(x, Tracer) else P.lift(x), *dims,
+                   shape=template)
     return x
 
 
@@ -372,7 +381,12 @@ def _cond_vjp(cts, ins, outs, branches):
     def adjoint(g):
         def run():
             _, grads = ad.vjp(g, list(ops), cts, wrt)
-            return grads
+            # a cotangent of f64[2] for an f64[n] operand (read as x * [a, b]) takes the
+            # operand's sizes, or the other branch's would be fitted to 2 (checking n == 2);
+            # a lazily broadcast one (lower rank) stays as it is
+            return [ad.materialize(c, formals[k].aval.update(shape=tuple(P.shape_of(ops[k]))))
+                    if c is not None and P.ndim(c) == P.ndim(ops[k]) else c
+                    for k, c in zip(wrt, grads)]
         return run
 
     def merge(a, b):
@@ -456,15 +470,25 @@ def _carried_aval(x):
     return value_aval(x)
 
 
-def _loop(pre, inits, fns, names):
+def _reshaped(a, b):
+    """The value changes form from aval ``a`` to ``b``: another rank, or a size that is not
+    the same (two sizes known only at run time are equal by a check, as for ``x + y``)."""
+    return len(a.shape) != len(b.shape) or any(
+        not (d is e or (isinstance(d, Var) and isinstance(e, Var))
+             or (isinstance(d, int) and isinstance(e, int) and d == e))
+        for d, e in zip(a.shape, b.shape))
+
+
+def _loop(pre, inits, fns, names, peel=False):
     """Trace a loop's regions until the carried values' avals settle. ``pre``: avals of the
     leading formals (the index); ``fns``: [cond_fn,] body_fn, called with (*pre, *carried).
     A carried value the body leaves unchanged (or static and equal) is loop-invariant: the
     body sees its initial value and it is not carried. Returns (regions, outputs of each fn,
-    avals per slot (None: invariant), formals per slot)."""
+    avals per slot (None: invariant), formals per slot); with ``peel``, None when the first
+    iteration changes a carried value's shape (see ``fori``)."""
     n = len(inits)
     mode = [_carried_aval(x) if _carriable(x) else None for x in inits]
-    for _ in range(12):
+    for attempt in range(12):
         pre_f = [Var(a) for a in pre]
         formals = {k: Var(mode[k]) for k in range(n) if mode[k] is not None}
         args = [Tracer(formals[k]) if k in formals else inits[k] for k in range(n)]
@@ -473,6 +497,10 @@ def _loop(pre, inits, fns, names):
         body = outs[-1]
         if len(body) != n:
             raise GradjitError(f"internal: a loop body returned {len(body)} values for {n}")
+        if peel and attempt == 0 and any(
+                _carriable(x) and _carriable(o) and _reshaped(value_aval(x), value_aval(o))
+                for x, o in zip(inits, body)):
+            return None
         changed = False
         for k in range(n):
             o = body[k]
@@ -526,16 +554,32 @@ def _close_loop(prim, regions, outs, mode, formals, pre_f, inits, names, extra=N
     return result
 
 
-def fori(start, stop, step, inits, body_fn, names=None, backward=False):
+def fori(start, stop, step, inits, body_fn, names=None, backward=False, peel=0):
     """``for i in range(start, stop, step): carried = body_fn(i, *carried)``; returns the final
     carried values (a list like ``inits``). ``backward``: the loop runs another loop's iterations
     in reverse (a reverse-mode loop; vmap aligns such a loop's per-example iterations to its end,
-    see batching._for_batched_range)."""
+    see batching._for_batched_range).
+
+    ``peel``: how many first iterations may run before the loop when they change a carried
+    value's shape (``y = y0`` of length n becoming length 2, a scalar becoming an array). The
+    loop then carries the shape those iterations leave, exactly as numpy computes; widening the
+    initial value to that shape instead would change what the first iteration computes (its
+    sums, for one). A trip count known only at run time runs them under ``if`` it is positive."""
     names = names or [f"loop value {k}" for k in range(len(inits))]
     rng = [_int(start), _int(stop), _int(step)]
     if all(is_static_scalar(x) for x in rng) and len(range(*rng)) == 0:
         return list(inits)
-    regions, outs, mode, formals, pre_f = _loop([Aval("int64")], inits, [body_fn], names)
+    parts = _loop([Aval("int64")], inits, [body_fn], names, peel=peel > 0)
+    if parts is None:
+        def rest():
+            first = list(body_fn(rng[0], *inits))
+            return fori(P.add(rng[0], rng[2]), rng[1], rng[2], first, body_fn, names, backward,
+                        peel - 1)
+        if all(is_static_scalar(x) for x in rng):
+            return rest()
+        return cond(P.gt(trip_count(*rng), 0), rest, lambda: list(inits),
+                    what=lambda k: f"'{names[k]}' (the loop may run no times)")
+    regions, outs, mode, formals, pre_f = parts
     return _close_loop(for_p, regions, outs, mode, formals, pre_f, inits, names, extra=rng,
                        **_backward(backward))
 
@@ -546,10 +590,19 @@ def _backward(flag):
     return {"backward": True} if flag else {}
 
 
-def while_loop(inits, cond_fn, body_fn, names=None):
-    """``while cond_fn(*carried)[0]: carried = body_fn(*carried)``."""
+def while_loop(inits, cond_fn, body_fn, names=None, peel=0):
+    """``while cond_fn(*carried)[0]: carried = body_fn(*carried)``; ``peel`` as for ``fori``."""
     names = names or [f"loop value {k}" for k in range(len(inits))]
-    regions, outs, mode, formals, pre_f = _loop([], inits, [cond_fn, body_fn], names)
+    parts = _loop([], inits, [cond_fn, body_fn], names, peel=peel > 0)
+    if parts is None:
+        def rest():
+            return while_loop(list(body_fn(*inits)), cond_fn, body_fn, names, peel - 1)
+        c = cond_fn(*inits)[0]
+        if not isinstance(c, Tracer):
+            return rest() if c else list(inits)
+        return cond(c, rest, lambda: list(inits),
+                    what=lambda k: f"'{names[k]}' (the loop may run no times)")
+    regions, outs, mode, formals, pre_f = parts
     c = outs[0][0]
     if not isinstance(c, Tracer):
         if not c:

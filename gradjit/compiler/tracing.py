@@ -65,6 +65,34 @@ def current_loc():
     return _stack[-1].loc if _stack else None
 
 
+def free_vars(builder, inputs, outputs):
+    """Tracers of the values the equations in ``builder`` (and ``outputs``) read but neither
+    compute nor take as ``inputs``: values of an enclosing trace that a function defined in
+    traced code closes over (``lambda y: x * y`` under ``gj.grad``), in order of first use.
+    A size is left out when it is a size of another such value (that value binds it)."""
+    bound = set()
+    for t in inputs:
+        v = t.ivar if isinstance(t, Tracer) else t
+        bound.add(v)
+        bound.update(d for d in v.aval.shape if isinstance(d, Var))
+    free = {}
+
+    def use(a):
+        if isinstance(a, Var) and a not in bound:
+            free[a] = None
+        for d in a.aval.shape if isinstance(a, Var) else ():
+            if isinstance(d, Var) and d not in bound:
+                free[d] = None
+    for e in builder.eqns:
+        for a in e.inputs:
+            use(a)
+        bound.update(e.outputs)
+    for o in outputs:
+        use(atom(o))
+    sizes = {d for v in free for d in v.aval.shape if isinstance(d, Var)}
+    return [Tracer(v) for v in free if v not in sizes]
+
+
 def make_graph(inputs, outputs, builder):
     outs = tuple(atom(o) for o in outputs)
     return Graph(tuple(v.ivar if isinstance(v, Tracer) else v for v in inputs), tuple(builder.eqns), outs)
