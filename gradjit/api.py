@@ -9,6 +9,7 @@ from .compiler import batching as _batching
 from .compiler import numpy_api
 from .compiler.primitives import stop_gradient as _stop_gradient_op
 from .compiler.tracing import Tracer
+from .errors import GradjitError, surface
 from .runtime import dispatch
 from .runtime.dispatch import cache_info, clear_cache  # noqa: F401
 
@@ -59,7 +60,20 @@ def hessian(fun=None, *, argnums=0, target="auto"):
 
 def vjp(fun, *primals):
     """``(out, vjp_fn)``; ``vjp_fn(cotangent)`` returns a tuple, one gradient per primal."""
-    return dispatch.vjp(fun, *primals)
+    try:
+        out, back = dispatch.vjp(fun, *primals)
+    except GradjitError as e:
+        surface(e)  # a short error at the user's call (see errors.surface)
+        raise
+
+    @functools.wraps(back)
+    def vjp_fn(cotangent):
+        try:
+            return back(cotangent)
+        except GradjitError as e:
+            surface(e)
+            raise
+    return out, vjp_fn
 
 
 def stop_gradient(x):

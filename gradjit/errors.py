@@ -1,5 +1,7 @@
 """Exceptions raised by gradjit. Every user-facing failure is a ``GradjitError``."""
 
+import os
+
 
 class GradjitError(Exception):
     """Base class of every error gradjit raises on purpose."""
@@ -31,3 +33,25 @@ class UnitAxis(GradjitError, ValueError):
 def at(loc, msg):
     """Prefix ``msg`` with the user's ``file:line`` when known."""
     return f"{loc}: {msg}" if loc else msg
+
+
+def debugging():
+    """``GRADJIT_DEBUG`` set (to anything but empty or 0): show gradjit's internals."""
+    return os.environ.get("GRADJIT_DEBUG", "0").strip() not in ("", "0")
+
+
+def surface(e):
+    """``e``, a GradjitError about to reach the user, made short: its message already names the
+    user's ``file:line`` and the construct, so gradjit's own frames and the internal exceptions
+    it was raised while handling are noise. ``surface(e); raise`` at a public entry point then
+    shows the user's frames and the message. Under GRADJIT_DEBUG, the opposite: frames kept
+    and every chained exception shown, even those raised ``from None``."""
+    if debugging():
+        x, seen = e, set()
+        while x is not None and id(x) not in seen:
+            seen.add(id(x))
+            x.__suppress_context__ = False
+            x = x.__cause__ or x.__context__
+        return e
+    e.__suppress_context__ = True  # a deliberate ``raise ... from cause`` still shows
+    return e.with_traceback(None)

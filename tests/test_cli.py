@@ -459,3 +459,80 @@ def test_inspect_dot_with_graphviz(capsys, cdir, fake_compiler, tmp_path, monkey
     rc, _, _ = run(capsys, "--cache-dir", cdir, "inspect", f"{fake_compiler.mod}:loss",
                    "--signature", "float64", "--dot", "plain.gv")
     assert rc == 0 and (tmp_path / "plain.gv").read_text().startswith("digraph G {")
+
+
+# ----------------------------------------------------------------------------------------
+# Argument errors and closed pipes, as a shell sees them (a subprocess each)
+# ----------------------------------------------------------------------------------------
+
+
+def gradjit_cli(tmp_path, *argv, **kwargs):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("GRADJIT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "gradjit", *argv], env=env, cwd=tmp_path,
+                          timeout=120, check=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # --argnums with the default transform (jit), which has none
+        (["inspect", "umod:f", "--argnums", "0", "--signature", "float64"], "--argnums"),
+        (["warm", "umod:f", "--argnums", "0,1", "--signature", "float64, float64"], "--argnums"),
+        (["inspect", "umod:f", "--transform", "jit", "--argnums", "1", "--signature", "float64"],
+         "--argnums"),
+        # signatures the reader would misread
+        (["inspect", "umod:f", "--transform", "grad", "--signature", "float64[:"], "float64[:"),
+        (["warm", "umod:f", "--signature", "float64[::], float64"], "float64[::]"),
+        (["inspect", "umod:f", "--signature", "float64[:]], float64"], "invalid signature"),
+        (["inspect", "umod:f", "--signature", "float64,,float64"], "invalid signature"),
+        (["inspect", "umod:f", "--signature", "complex999"], "complex999"),
+        (["inspect", "no_such_mod_xyz:f", "--signature", "float64"], "no_such_mod_xyz"),
+        (["warm", "umod:missing", "--signature", "float64"], "missing"),
+        (["cache", "prune", "--max-size", "lots"], "--max-size"),
+        (["cache", "prune", "--max-size", "-5M"], "--max-size"),
+        (["cache", "clear", "--older-than", "-3"], "--older-than"),
+    ],
+)
+def test_argument_errors_in_a_shell_are_one_line_exit_2(tmp_path, argv, message):
+    (tmp_path / "umod.py").write_text("def f(x, y=1.0):\n    return x * y\n")
+    proc = gradjit_cli(tmp_path, "--cache-dir", str(tmp_path / "cache"), *argv,
+                       capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradjit") and message in lines[0], lines
+
+
+@pytest.mark.parametrize("argv", [["cache", "list"], ["cache", "list", "--json"],
+                                  ["cache", "info"]])
+def test_closed_pipe_ends_quietly(tmp_path, cdir, populated, argv):
+    # ``gradjit cache list | head -1``: the reader is gone before gradjit writes (its read
+    # end is closed at once, long before the child has imported anything)
+    r, w = os.pipe()
+    try:
+        env = dict(os.environ, PYTHONPATH=REPO)
+        proc = subprocess.Popen([sys.executable, "-m", "gradjit", "--cache-dir", cdir, *argv],
+                                stdout=w, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=tmp_path)
+    finally:
+        os.close(w)
+        os.close(r)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) in (0, 1)
+    assert err == ""
+
+
+def test_unexpected_failure_is_one_line_exit_1(capsys, cdir, monkeypatch):
+    def boom(self):
+        raise RuntimeError("disk on fire")
+    monkeypatch.delenv("GRADJIT_DEBUG", raising=False)
+    monkeypatch.setattr(DiskCache, "entries", boom)
+    rc, out, err = run(capsys, "--cache-dir", cdir, "cache", "list")
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "gradjit: error: RuntimeError: disk on fire (GRADJIT_DEBUG=1 shows the traceback)"]
+    monkeypatch.setenv("GRADJIT_DEBUG", "1")  # then the traceback, as asked
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli.main(["--cache-dir", cdir, "cache", "list"])

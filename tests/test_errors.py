@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -203,6 +205,46 @@ def test_bad_transform_arguments():
         gj.jit(lambda x: x)("a string")
 
 
+def returns_nothing(x):
+    y = x * 2  # <none>
+
+
+def returns_a_pair(x):
+    return np.sum(x * x), x  # <pair>
+
+
+def test_grad_of_a_function_returning_none_says_so():
+    for transform in (gj.grad, gj.value_and_grad):
+        with pytest.raises(gj.GradjitError, match="returned None") as ei:
+            transform(returns_nothing)(np.ones(3))
+        assert "shape" not in str(ei.value)
+
+
+def test_grad_of_a_tuple_without_has_aux_is_an_error():
+    for transform in (gj.grad, gj.value_and_grad):
+        with pytest.raises(gj.GradjitError) as ei:  # not silently the gradient of out[0]
+            transform(returns_a_pair)(np.ones(3))
+        msg = str(ei.value)
+        assert "scalar" in msg and "has_aux=True" in msg and "tuple" in msg, msg
+        assert HERE in msg
+    with pytest.raises(gj.GradjitError, match="has_aux=True"):
+        gj.grad(lambda x: (x * x, x))(1.0)
+    with pytest.raises(gj.GradjitError, match="has_aux=True"):
+        gj.grad(lambda x: [x * x])(1.0)
+
+
+def test_static_argnums_out_of_range():
+    f = gj.jit(lambda x, y: x + y, static_argnums=(5,))
+    with pytest.raises(gj.GradjitError, match=r"static_argnums=\(5,\) does not fit the 2 arg"):
+        f(1.0, 2.0)
+    with pytest.raises(gj.GradjitError, match="static_argnums"):
+        gj.jit(lambda x, n: x * n, static_argnums=2)(1.0, 3)
+    with pytest.raises(gj.GradjitError, match="static_argnums"):  # unchecked, it was ignored
+        gj.jit(lambda x, n: x * n, static_argnums=-1)
+    with pytest.raises(gj.GradjitError, match=r"argnums=\(0, 2\)"):  # argnums likewise
+        gj.grad(lambda x, y: x * y, argnums=(0, 2))(1.0, 2.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Shape mismatches
 # ---------------------------------------------------------------------------------------------
@@ -398,3 +440,77 @@ def test_vmap_checks_every_examples_index_array():
     np.testing.assert_array_equal(f(x, idx), [np.sum(x[r] ** 2) for r in idx])
     with pytest.raises(gj.IndexOutOfBounds):
         f(x, np.array([[0, 3], [1, 4]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a user's terminal shows: the message at the user's call, not gradjit's insides
+# ---------------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a compiled first call (the hot path is then set up), then a new signature that fails to
+# trace: its miss on the hot path used to come chained in front of the error
+NEW_SIGNATURE_FAILS = """\
+import numpy as np
+import gradjit as gj
+def loss(x):
+    return np.sum(x * x) if x.ndim == 1 else set([x])
+f = gj.grad(loss)
+f(np.ones(3))
+f(np.ones((2, 2)))
+"""
+
+# an error gradjit raises while handling another (``from None``), at a first call
+UNHASHABLE_STATIC = """\
+import gradjit as gj
+f = gj.jit(lambda x, opts: x, static_argnums=1)
+f(1.0, [1, 2])
+"""
+
+
+def run_script(tmp_path, text, debug):
+    script = tmp_path / "user_script.py"
+    script.write_text(text)
+    env = dict(os.environ, PYTHONPATH=REPO, GRADJIT_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("GRADJIT_DEBUG", None)
+    if debug:
+        env["GRADJIT_DEBUG"] = "1"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr
+    tb = proc.stderr[proc.stderr.index("Traceback"):]  # (GRADJIT_DEBUG also logs compiles)
+    return tb, str(script)
+
+
+def gradjit_frames(tb):
+    pkg = os.path.join(REPO, "gradjit") + os.sep
+    return [ln for ln in tb.splitlines() if ln.strip().startswith("File") and pkg in ln]
+
+
+def test_user_errors_print_a_short_traceback(tmp_path):
+    tb, script = run_script(tmp_path, NEW_SIGNATURE_FAILS, debug=False)
+    lines = tb.strip().splitlines()
+    assert "During handling" not in tb and "direct cause" not in tb, tb
+    assert not gradjit_frames(tb), tb
+    assert len(lines) <= 6, tb
+    assert f'File "{script}", line 7' in tb  # the user's call
+    assert lines[-1].startswith("gradjit.errors.TraceError: ")
+    assert f"{script}:4" in lines[-1] and "set()" in lines[-1]  # the user's line, the construct
+    tb, script = run_script(tmp_path, UNHASHABLE_STATIC, debug=False)
+    assert "During handling" not in tb and not gradjit_frames(tb), tb
+    assert len(tb.strip().splitlines()) <= 6, tb
+    assert "static arguments must be hashable" in tb
+
+
+def test_gradjit_debug_keeps_the_chain_and_frames(tmp_path):
+    tb, _ = run_script(tmp_path, UNHASHABLE_STATIC, debug=True)
+    assert "During handling of the above exception" in tb, tb
+    assert "TypeError" in tb and gradjit_frames(tb), tb
+    assert tb.strip().splitlines()[-1].endswith("static arguments must be hashable, got list")
+
+
+def test_vjp_cotangent_of_the_wrong_shape_is_refused():
+    out, back = gj.vjp(lambda x: np.sin(x), np.ones(3))
+    np.testing.assert_allclose(back(np.ones(3))[0], np.cos(np.ones(3)))
+    with pytest.raises(gj.ShapeError, match=r"cotangent has shape \(4,\)"):
+        back(np.ones(4))

@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
 from gradjit.runtime.diskcache import GradjitError, format_size, parse_size
 
 TRANSFORMS = ("jit", "grad", "value_and_grad", "jacobian", "hessian")
+WITH_ARGNUMS = ("grad", "value_and_grad", "jacobian", "hessian")  # jit has no argnums
 EPILOG = "Environment: GRADJIT_CACHE_DIR, GRADJIT_DISABLE_CACHE=1, GRADJIT_CACHE_MAX_SIZE."
 
 
@@ -145,13 +147,38 @@ def _transformed(args):
         raise UsageError(f"this gradjit has no transform {args.transform!r}")
     options = {}
     if args.argnums is not None:
+        if args.transform not in WITH_ARGNUMS:
+            raise UsageError(f"--argnums needs --transform {', '.join(WITH_ARGNUMS[:-1])} or "
+                             f"{WITH_ARGNUMS[-1]} ({args.transform} has no argnums)")
         options["argnums"] = args.argnums
-    return transform(fn, **options)
+    try:
+        return transform(fn, **options)
+    except GradjitError:
+        raise
+    except (TypeError, ValueError) as e:  # options the transform rejects
+        raise UsageError(f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
+# one argument type: a name, or a name and ':' per axis ("float64[:, :]")
+_SIG_PART = re.compile(r"\s*[A-Za-z_][\w.]*\s*(\[\s*:\s*(,\s*:\s*)*\])?\s*")
 
 
 def _examples(signature):
     import importlib
 
+    # The signature reader is lenient ("float64[::]", "float64[:" read as something):
+    # take only what it cannot misread.
+    parts = signature.split(",") if signature.strip() else []
+    merged = []  # the commas inside brackets rejoined
+    for p in parts:
+        if merged and merged[-1].count("[") > merged[-1].count("]"):
+            merged[-1] += "," + p
+        else:
+            merged.append(p)
+    for p in merged:
+        if not _SIG_PART.fullmatch(p):
+            raise UsageError(f"invalid signature {signature!r}: cannot read {p.strip()!r} "
+                             "(write e.g. \"float64[:, :], float64\")")
     module = importlib.import_module("gradjit.runtime.signature")
     try:
         return module.examples_from_signature(signature)
@@ -477,7 +504,17 @@ def main(argv=None) -> int:
         if cache_dir is not None:
             # Also seen by the runtime's own cache, which warm/inspect use.
             os.environ["GRADJIT_CACHE_DIR"] = os.path.abspath(cache_dir)
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (``gradjit cache list | head -1``): stop quietly. Python's
+        # recipe: stdout to devnull, so that the flush at exit does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured): nothing left to flush
+            pass
+        return 1
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except UsageError as e:
@@ -494,6 +531,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("gradjit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a failure, still one line (GRADJIT_DEBUG: traceback)
+        if os.environ.get("GRADJIT_DEBUG", "0").strip() not in ("", "0"):
+            raise
+        msg = " ".join(str(e).split())
+        print(f"gradjit: error: {type(e).__name__}: {msg} (GRADJIT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = saved_show
         if saved_env is None:
