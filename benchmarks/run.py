@@ -293,6 +293,26 @@ def fmt_cell(cell, base=None):
     return f"{text} {fmt_ratio(cell.seconds / base.seconds):>5}"
 
 
+def guard_table(quick):
+    """The cost of freshness: W2's gradient with its three constants in the source, against
+    the same constants read through ``self`` (re-read and compared at every call)."""
+    import gradjit as gj
+    from benchmarks import workloads as wk
+
+    x = wk.himmelblau_input()
+    plain, guarded = gj.grad(wk.himmelblau), gj.grad(wk.HimmelblauModel().loss)
+    np.testing.assert_allclose(guarded(x), plain(x), rtol=1e-12)
+    cells = measure({"plain": lambda: plain(x), "guarded": lambda: guarded(x)},
+                    0.3 if quick else 3.0)
+    rows = [[name, fmt_time(c.seconds) if isinstance(c, Cell) else repr(c)]
+            for name, c in cells.items()]
+    if all(isinstance(c, Cell) for c in cells.values()):
+        extra = (cells["guarded"].seconds - cells["plain"].seconds) * 1e6
+        rows.append(["difference", f"{extra:+.3f} us"])
+    return ("Guarded reads: W2 gradient, constants in the source vs three read through self "
+            "(budget: +0.3 us)\n" + table(["W2", "median per call"], rows))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, few samples (smoke run)")
@@ -369,6 +389,10 @@ def main(argv=None):
         print()
         print("Cheap gradient: gradient time / forward time (target for gradjit: <= 3x)")
         print(table(["workload", "contestant", "forward", "gradient", "grad/fwd"], fwd_rows))
+
+    if not only or "W2" in only:
+        print()
+        print(guard_table(opts.quick))
 
     groups = [g for g in coldstart.GROUPS if not only or g in only]
     if groups and not opts.no_cold:

@@ -43,6 +43,15 @@ def himmelblau(x):
     return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
 
 
+class HimmelblauModel:
+    """W2 with its constants read through ``self`` (three guarded scalars at every call)."""
+
+    a, b, c = 11.0, 7.0, 2.0
+
+    def loss(self, x):
+        return (x[0] ** self.c + x[1] - self.a) ** 2 + (x[0] + x[1] ** 2 - self.b) ** 2
+
+
 def poly_sum(x):
     """W3a: an elementwise polynomial, summed."""
     return np.sum(x**2 + x**3 + 5)

@@ -901,3 +901,48 @@ def test_four_processes_at_once_then_a_fifth_traces_nothing(tmp_path):
     fifth = p.run(*names)
     assert all((fifth[n]["traces"], fifth[n]["compiles"]) == (0, 0) for n in names)
     assert DiskCache(p.cache).verify() == []
+
+
+DTYPE_CHILD = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import numpy as np, gradjit as gj
+
+    def f(x):
+        return np.sum(x ** 3 / 3.0 + 0.1 * x)
+
+    x = np.array([0.1, 1.0 / 3.0, 2.0], dtype=sys.argv[1])
+    g = gj.grad(f)(x)
+    info = gj.cache_info()
+    print(json.dumps(dict(dtype=str(g.dtype), grad=g.astype(np.float64).tolist(),
+                          compiles=info.compiles, manifest_hits=info.manifest_hits)))
+''')
+
+
+def test_disk_key_tells_dtypes_apart(tmp_path):
+    """One function, called in new processes with float64 then float32 then float64 again:
+    each dtype gets its own kernel and result dtype (a disk key that ignored the dtype would
+    hand the float64 kernel to the float32 call)."""
+    (tmp_path / "dtypes.py").write_text(DTYPE_CHILD.format(repo=REPO))
+    env = dict(os.environ, GRADJIT_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("GRADJIT_DISABLE_CACHE", None)
+
+    def run(dtype):
+        proc = subprocess.run([sys.executable, "dtypes.py", dtype], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    import numpy as np
+
+    x = [0.1, 1.0 / 3.0, 2.0]
+    for dtype, hit in (("float64", 0), ("float32", 0), ("float64", 1), ("float32", 1)):
+        out = run(dtype)
+        assert out["dtype"] == dtype
+        want = [v ** 2 + 0.1 for v in (np.array(x, dtype=dtype).astype(float))]
+        rtol = 1e-6 if dtype == "float32" else 1e-14
+        assert out["grad"] == pytest.approx(want, rel=rtol)
+        # float32 arithmetic rounds where float64 does not: the kernel really is float32
+        err = max(abs(g - w) / w for g, w in zip(out["grad"], want))
+        assert (err > 1e-12) == (dtype == "float32")
+        assert out["manifest_hits"] == hit and out["compiles"] == 1 - hit

@@ -249,8 +249,9 @@ def _reduce_rule(prim):
     return rule
 
 
-for _p in (P.reduce_sum_p, P.reduce_max_p, P.reduce_min_p, P.reduce_prod_p):
-    BATCH_RULES[_p] = _reduce_rule(_p)
+for _p in P.ALL.values():
+    if _p.kind == "reduce":
+        BATCH_RULES[_p] = _reduce_rule(_p)
 
 
 @register(P.cumsum_p)
@@ -901,10 +902,12 @@ def vmap_call(fun, args, in_axes, out_axes, interp):
         raise GradjitError(at(loc, "vmap needs at least one mapped argument (in_axes are all "
                               "None)"))
     traced = trace(fun, tuple(ex_args))
-    caps = [interp.captured(c.kind, c.where, c.name, c.value) for c in traced.captures]
+    caps = [interp.recapture(c) for c in traced.captures]
     interp.guards.extend(traced.guards)
     interp.sources.update(traced.sources)
-    outs, out_dims = batch_graph(traced.graph, leaves + caps, axes + [None] * len(caps))
+    free = list(traced.free)  # the caller's values it closes over: the same for every example
+    outs, out_dims = batch_graph(traced.graph, leaves + free + caps,
+                                 axes + [None] * (len(free) + len(caps)))
     # out_axes, per output leaf
     skeleton = pytree.unflatten(traced.out_tree, list(range(len(outs))))
     oaxes = _leaf_axes(out_axes, skeleton, "out_axes")

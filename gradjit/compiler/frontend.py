@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import linecache
 import math
 import operator
@@ -97,16 +98,19 @@ def _find_function(fn, tree):
         elif isinstance(node, ast.Lambda) and code.co_name == "<lambda>" and node.lineno <= line <= (node.end_lineno or line):
             cands.append(node)
     if len(cands) > 1 and code.co_name == "<lambda>":
-        pos = [(p[0], p[2]) for p in code.co_positions() if p[0] is not None and p[2] is not None]
-        if pos:
-            first = min(pos)
-            inside = [c for c in cands if (c.body.lineno, c.body.col_offset) <= first
-                      <= (c.body.end_lineno, c.body.end_col_offset)]
-            cands = sorted(inside, key=lambda c: -(c.col_offset + 1000 * c.lineno)) or cands
-            # a lambda's body must use exactly its own argument names
-            names = code.co_varnames[: code.co_argcount]
-            named = [c for c in cands if tuple(a.arg for a in c.args.args) == names]
-            cands = named or cands
+        # Several lambdas on these lines: the one whose body spans every source position of
+        # this code object (RESUME and the like carry empty spans), innermost first.
+        spans = [(p[0], p[2], p[1], p[3]) for p in code.co_positions()
+                 if None not in p and (p[0], p[2]) != (p[1], p[3])]
+        if spans:
+            lo, hi = min((a, b) for a, b, _, _ in spans), max((c, d) for _, _, c, d in spans)
+            inside = [c for c in cands if (c.body.lineno, c.body.col_offset) <= lo
+                      and hi <= (c.body.end_lineno, c.body.end_col_offset)]
+            cands = sorted(inside, key=lambda c: (-c.lineno, -c.col_offset)) or cands
+        # a lambda's body must use exactly its own argument names
+        names = code.co_varnames[: code.co_argcount]
+        named = [c for c in cands if tuple(a.arg for a in c.args.args) == names]
+        cands = named or cands
     if not cands:
         return None
     if isinstance(cands[0], ast.AsyncFunctionDef):
@@ -411,19 +415,79 @@ class Frame:
     inputs: list = field(default_factory=list)  # the arrays it was called with: never written
 
 
-@dataclass
+@dataclass(eq=False)
 class Capture:
-    """A global/closure value read by the trace: arrays become inputs, the rest is guarded."""
+    """A value the trace read from outside its arguments, as an access path: a root (a module
+    global, a closure cell, or the object of a bound method) and then attribute and item
+    steps (``cfg.inner.scale``, ``COEF[1]``, ``self.W``). Arrays become kernel inputs read
+    through the path at every call; anything else is guarded: compared at every call,
+    according to ``mode``, with what the trace saw (``expected``)."""
 
-    kind: str  # "global" | "cell"
-    where: object  # globals dict or cell
+    kind: str  # "global" | "cell" | "obj"
+    where: object  # globals dict, cell, or the root object
     name: str
     value: object
+    steps: tuple = ()  # ("attr", name) | ("item", key), applied in order after the root
+    mode: str = "value"  # guard: "value" (type and ==), "ident" (is), "type", "shape"
+    expected: object = None
 
     def get(self):
-        if self.kind == "global":
-            return self.where[self.name]
-        return self.where.cell_contents
+        v = self.where[self.name] if self.kind == "global" else \
+            self.where.cell_contents if self.kind == "cell" else self.where
+        for op, k in self.steps:
+            v = getattr(v, k) if op == "attr" else v[k]
+        return v
+
+    def child(self, op, key, value):
+        return Capture(self.kind, self.where, self.name, value, self.steps + ((op, key),))
+
+    @property
+    def text(self):
+        """The path as the user would write it: ``cfg.alpha``, ``COEF[1]``."""
+        return self.name + "".join(f".{k}" if op == "attr" else f"[{k!r}]" for op, k in self.steps)
+
+    def holds(self, new):
+        """Whether a guard still holds for ``new``, the value now at the path."""
+        return _GUARD_TESTS[self.mode](new, self.expected)
+
+
+def _same(new, old):
+    if type(new) is not type(old):
+        return False
+    if new is old:
+        return True
+    try:
+        r = new == old
+        r = bool(r) if not isinstance(r, np.ndarray) else bool(r.all())
+    except Exception:  # noqa: BLE001 - incomparable: not the same value
+        return False
+    return r or (isinstance(old, float) and old != old and new != new)  # NaN is NaN
+
+
+def shape_of(v):
+    """What a container's guard compares: its type, and its length or keys."""
+    return (type(v), tuple(v) if isinstance(v, dict) else len(v))
+
+
+_GUARD_TESTS = {
+    "value": _same,
+    "ident": lambda new, old: new is old,
+    "type": lambda new, old: type(new) is old,
+    "shape": lambda new, old: isinstance(new, (list, tuple, dict)) and shape_of(new) == old,
+}
+
+_PLAIN = (int, float, complex, bool, str, bytes, np.generic, type(None))
+
+
+def _plain_data(v, depth=0):
+    """Scalars and (small, nested) containers of them: guarded as one value."""
+    if isinstance(v, _PLAIN) or isinstance(v, np.ndarray) and v.ndim == 0:
+        return True
+    if depth < 4 and type(v) in (list, tuple):
+        return all(_plain_data(x, depth + 1) for x in v)
+    if depth < 4 and type(v) is dict:
+        return all(_plain_data(k, depth + 1) and _plain_data(x, depth + 1) for k, x in v.items())
+    return False
 
 
 # Static reads the in-memory cache does not guard but the disk cache must re-check in a new
@@ -487,7 +551,8 @@ class Interpreter:
         self.captures = {}  # id(value) or (kind, where, name) -> Capture
         self.captured_inputs = []  # (Capture, Tracer): arrays passed at every call
         self.guards = []  # Captures of baked values, re-checked at every call
-        self.sources = {}  # (file, line) -> (qualname, source text) of every function inlined
+        self.paths = {}  # id(object) -> (object, Capture): objects whose reads are paths
+        self.sources = {}  # (file, line, col) -> (qualname, source text) of every function inlined
         self.depth = 0
         self.frame = None
         self.loc = None
@@ -503,6 +568,8 @@ class Interpreter:
         if isinstance(fn, StagedFunction):
             return self._call_node(fn.node, fn.frame, fn.name, args, kwargs)
         if isinstance(fn, types.MethodType):
+            if self.depth == 0:  # the function traced is a bound method: ``self`` is a root
+                self.root(fn.__self__)
             return self.call(fn.__func__, (fn.__self__,) + tuple(args), kwargs)
         if isinstance(fn, _functools_partial):
             return self.call(fn.func, tuple(fn.args) + tuple(args), {**fn.keywords, **kwargs})
@@ -514,7 +581,7 @@ class Interpreter:
         if fn.__closure__:
             closure = dict(zip(code.co_freevars, fn.__closure__))
         frame = Frame(fn.__qualname__, code.co_filename, fn.__globals__, closure)
-        key = (code.co_filename, node.lineno)
+        key = (code.co_filename, node.lineno, node.col_offset)
         if key not in self.sources:
             seg = ast.get_source_segment(text, node) or ""
             self.sources[key] = (fn.__qualname__, seg)
@@ -1053,11 +1120,12 @@ class Interpreter:
 
         saved_loc = self.loc
         try:
+            # peel: iterations that change a carried value's shape run before the loop
             if use_while:
-                outs = C.while_loop(flat, cond_fn, body_fn, leaf_names)
+                outs = C.while_loop(flat, cond_fn, body_fn, leaf_names, peel=2)
             else:
                 outs = C.fori(C._int(rng.start), C._int(rng.stop), C._int(rng.step), flat,
-                              body_fn, leaf_names)
+                              body_fn, leaf_names, peel=2)
         finally:
             self.frame.locals, self.loc = before, saved_loc
         if rng is not None and use_while:
@@ -1141,28 +1209,75 @@ class Interpreter:
         self.fail(node, f"name '{name}' is not defined")
 
     def captured(self, kind, where, name, value):
-        """A value read from a closure or the module: arrays become inputs of the graph."""
+        """A value read from a closure or the module."""
         if isinstance(value, (types.ModuleType, type)) or value is None:
             _record(("cap", kind, where, name, value))
+            if not _is_library(value):  # a user module or class: its attributes are read fresh
+                self.paths[id(value)] = (value, Capture(kind, where, name, value))
             return value
-        key = (kind, id(where), name)
+        return self.read(Capture(kind, where, name, value))
+
+    def root(self, obj):
+        """The object of the bound method being traced: its attributes are read fresh."""
+        if not isinstance(obj, (Tracer, types.ModuleType, type)) and not _plain_data(obj) \
+                and not _is_library(obj):
+            self.paths.setdefault(id(obj), (obj, Capture("obj", obj, "self", obj)))
+
+    def read(self, cap):
+        """The traced value of what ``cap``'s path holds now; records how it is re-read."""
+        key = (cap.kind, id(cap.where), cap.name, _hashable_steps(cap.steps))
         if key in self.captures:
             return self.captures[key][1]
-        cap = Capture(kind, where, name, value)
-        if isinstance(value, np.ndarray) and value.ndim > 0:
+        value = cap.value
+        if isinstance(value, np.ndarray) and value.ndim > 0:  # any size: read at every call
             from ..runtime.signature import aval_for  # the runtime decides how args are typed
             if value.dtype.kind not in "biuf":
-                raise TraceError(at(self.loc, f"global array '{name}' has unsupported dtype {value.dtype}"))
-            t = Tracer(P.Var(aval_for(value)))
-            self.captured_inputs.append((cap, t))
-            self.captures[key] = (cap, t)
-            return t
-        if isinstance(value, (list, tuple, dict)) and has_array(value):
-            raise TraceError(at(self.loc, f"'{name}' is a container of arrays read from outside "
-                                "the function: pass it as an argument"))
+                raise TraceError(at(self.loc, f"array '{cap.text}' has unsupported dtype {value.dtype}"))
+            out = Tracer(P.Var(aval_for(value)))
+            self.captured_inputs.append((cap, out))
+            self.captures[key] = (cap, out)
+            return out
+        if _plain_data(value):
+            cap.mode, cap.expected = "value", copy.deepcopy(value)
+            out = value
+        elif type(value) in (list, tuple, dict):
+            # holds arrays or objects: read element by element (arrays become inputs), and
+            # guard the container's length or keys
+            cap.mode, cap.expected = "shape", shape_of(value)
+            self.captures[key] = (cap, None)  # a cycle ends here
+            items = value.items() if type(value) is dict else enumerate(value)
+            got = {k: self.read(cap.child("item", k, v)) for k, v in items}
+            out = got if type(value) is dict else type(value)(got.values())
+        elif isinstance(value, types.MethodType):
+            if id(value.__self__) in self.paths:
+                self.captures[key] = (cap, value)
+                return value  # a method of an object already read through its path
+            cap.mode, cap.expected = "value", value  # made anew at each read: compared by ==
+            out = value
+        elif isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.ModuleType,
+                                type, np.ufunc)) or callable(value) and _is_library(type(value)):
+            cap.mode, cap.expected = "ident", value
+            out = value
+            if isinstance(value, (types.ModuleType, type)) and not _is_library(value):
+                self.paths[id(value)] = (value, cap)
+        else:  # an object: its type is guarded, its attributes are read through paths
+            cap.mode, cap.expected = "type", type(value)
+            self.paths[id(value)] = (value, cap)
+            out = value
         self.guards.append(cap)
-        self.captures[key] = (cap, value)
-        return value
+        self.captures[key] = (cap, out)
+        return out
+
+    def read_from(self, obj, op, k, value):
+        """``value`` was read as ``obj.k`` / ``obj[k]``: through a path if ``obj`` has one."""
+        hit = self.paths.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            return value
+        return self.read(hit[1].child(op, k, value))
+
+    def recapture(self, cap):
+        """A capture of a nested trace (a transform used inside): the same input here."""
+        return self.read(Capture(cap.kind, cap.where, cap.name, cap.get(), cap.steps))
 
     def expr_Attribute(self, node):
         obj = self.expr(node.value)
@@ -1170,7 +1285,7 @@ class Interpreter:
             value = getattr(obj, node.attr)
             if isinstance(obj, (types.ModuleType, type)):
                 _record(("attr", obj, node.attr, value))
-            return value
+            return self.read_from(obj, "attr", node.attr, value) if self.paths else value
         except AttributeError:
             if isinstance(obj, Tracer):
                 self.fail(node, f"arrays in traced functions have no attribute '{node.attr}' "
@@ -1183,7 +1298,10 @@ class Interpreter:
     def getitem(self, obj, idx):
         if isinstance(obj, np.ndarray) and has_tracer(idx):
             obj = P.lift(obj)
-        return obj[idx]
+        value = obj[idx]
+        if self.paths and id(obj) in self.paths and not has_tracer(idx) and _hashable(idx):
+            return self.read_from(obj, "item", idx, value)
+        return value
 
     def expr_Slice(self, node):
         return slice(*(None if p is None else self.expr(p) for p in (node.lower, node.upper, node.step)))
@@ -1341,6 +1459,11 @@ class Interpreter:
 
     def apply(self, fn, args, kwargs, node):
         """Call ``fn``: numpy table, gradjit transform, builtins, or interpret the user's code."""
+        if _draws_random(fn):
+            # run while tracing, its numbers would be compiled in and repeat at every call
+            self.fail(node, f"{_describe(node.func)}() draws random numbers, which a compiled "
+                      "function would draw only once, while tracing: draw them outside and "
+                      "pass them as an argument")
         fn = _ALLOCATE.get(_key(fn), fn)
         method = isinstance(fn, types.MethodType) and fn.__func__ in _COPY_METHODS
         if (method or (_key(fn) is np.copy and args)) and \
@@ -1362,6 +1485,9 @@ class Interpreter:
             return self.call(fn, args, kwargs)
         if isinstance(fn, types.MethodType) and isinstance(fn.__self__, Tracer):
             return fn(*args, **kwargs)
+        if isinstance(fn, types.MethodType) and isinstance(fn.__func__, types.FunctionType) \
+                and not _is_library(fn.__func__):
+            return self.call(fn, args, kwargs)  # a method of the user's: interpreted too
         if isinstance(fn, types.FunctionType) and not _is_library(fn):
             return self.call(fn, args, kwargs)
         if isinstance(fn, types.FunctionType) and getattr(fn, "__module__", "") == "gradjit.compiler.numpy_api":
@@ -1429,8 +1555,32 @@ _ALLOCATE = {np.empty: np.zeros, np.empty_like: np.zeros_like}
 _COPY_METHODS = (numpy_api.METHODS["copy"], numpy_api.METHODS["astype"])
 
 
+def _draws_random(fn):
+    """A function of numpy's or Python's random number generators."""
+    import random
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, (np.random.RandomState, np.random.Generator, random.Random)):
+        return True
+    mod = getattr(fn, "__module__", None)
+    return isinstance(mod, str) and mod.startswith("numpy.random") and \
+        getattr(fn, "__name__", "") not in ("default_rng", "seed", "get_state", "set_state")
+
+
+def _hashable_steps(steps):
+    return tuple((op, k if _hashable(k) else repr(k)) for op, k in steps)
+
+
+def _hashable(k):
+    try:
+        hash(k)
+        return True
+    except TypeError:
+        return False
+
+
 def _is_library(fn):
-    mod = getattr(fn, "__module__", None) or ""
+    mod = fn.__name__ if isinstance(fn, types.ModuleType) else getattr(fn, "__module__", None)
+    mod = mod if isinstance(mod, str) else ""
     return mod.split(".")[0] in _LIBRARY_PREFIXES
 
 
@@ -1482,8 +1632,11 @@ def _b_minmax(op, pyfn):
 
 
 def _b_print(interp, node, *args, **kw):
-    if not has_tracer(args):
-        print(*args, **kw)
+    # Static values print once, while tracing (as in JAX); traced values have no value then.
+    if has_tracer([args, kw]):
+        interp.fail(node, "print() of a traced value: the compiled function does not print; "
+                    "print its result, or the values outside the function")
+    print(*args, **kw)
 
 
 def _b_isinstance(interp, node, x, types_):

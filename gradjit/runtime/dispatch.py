@@ -22,8 +22,8 @@ from ..compiler import ad, frontend, passes
 from ..compiler import primitives as P
 from ..compiler.codegen import cpu
 from ..compiler.ir import Var, verify
-from ..compiler.tracing import Builder, Tracer, building, make_graph
-from ..errors import GradjitError, ShapeError, SizeFallback, TraceError
+from ..compiler.tracing import Builder, Tracer, building, free_vars, make_graph
+from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
 from . import pytree
 from .signature import (
     LIBRARIES,
@@ -39,7 +39,10 @@ from .signature import (
     value_token,
 )
 
-DEBUG = int(os.environ.get("GRADJIT_DEBUG", "0") or 0)
+# GRADJIT_DEBUG: 1 reports compiles and cache decisions, 2 also prints the IR, 3 verifies it;
+# any other non-empty value (e.g. "true") counts as 1
+_debug = os.environ.get("GRADJIT_DEBUG", "0").strip() or "0"
+DEBUG = int(_debug) if _debug.isdigit() else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +115,71 @@ def reset_disk_cache():
 
 
 # ---------------------------------------------------------------------------------------------
+# Differential testing: GRADJIT_CHECK=1 or gj.config(check=True)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    # every compiled call is also traced afresh and evaluated by the numpy reference
+    # evaluator, and the function's forward values by plain Python; any disagreement raises
+    check: bool = os.environ.get("GRADJIT_CHECK", "0") not in ("", "0")
+
+
+_config = Config()
+
+
+def config(**options):
+    """Set (and return) gradjit's run-time options: ``check`` (differential testing)."""
+    for name, value in options.items():
+        if not hasattr(_config, name):
+            raise TypeError(f"unknown gradjit option {name!r}")
+        setattr(_config, name, value)
+    if _config.check:  # checked calls never take the hot path
+        for tf in list(_transforms):
+            tf.fast.clear()
+    return _config
+
+
+class CheckFailed(GradjitError, AssertionError):
+    """GRADJIT_CHECK: a compiled result disagrees with the reference evaluator or Python."""
+
+
+def _differential(tf, args, result):
+    """``result`` (the kernel's) against the reference evaluator on a fresh trace of the same
+    call; the traced function's forward values against the function run by Python."""
+    from ..compiler import reference
+    low = Lowered(tf, args, fkey=None)
+    vals = [prepare(x) for x in low.leaves] + [c.get() for c in low.traced.captures]
+    ref = reference.evaluate(low.optimized, *vals)
+    want = tuple(ref) if low.assemble is None else low.assemble(list(ref))
+    _agree(result, want, f"{tf.kind} of {low.traced.qualname} ({low.traced.loc})",
+           "the reference evaluator")
+    fwd = reference.evaluate(low.traced.graph, *vals)
+    python = tf.fun(*args)
+    _agree(pytree.unflatten(low.traced.out_tree, fwd), python,
+           f"the trace of {low.traced.qualname} ({low.traced.loc})", "the function run by Python")
+    return result
+
+
+def _agree(got, want, what, against):
+    g, gt = pytree.flatten(got)
+    w, wt = pytree.flatten(want)
+    if len(g) != len(w):
+        raise CheckFailed(f"GRADJIT_CHECK: {what} gives {len(g)} values, {against} {len(w)}")
+    for k, (a, b) in enumerate(zip(g, w)):
+        a, b = np.asarray(a), np.asarray(b)
+        single = a.dtype == np.float32 or b.dtype == np.float32
+        tol = 1e-4 if single else 1e-7
+        scale = float(np.max(np.abs(b[np.isfinite(b)]), initial=1.0)) if b.dtype.kind in "fc" \
+            else 1.0
+        if a.shape != b.shape or not np.allclose(a, b, rtol=tol, atol=tol * 1e-3 * scale,
+                                                 equal_nan=True):
+            raise CheckFailed(f"GRADJIT_CHECK: {what}, result {k}: {a!r} but {against} "
+                              f"gives {b!r}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Tracing a Python function into a graph
 # ---------------------------------------------------------------------------------------------
 
@@ -126,6 +194,7 @@ class Traced:
     qualname: str
     loc: str
     reads: list = None  # frontend.RECORD reads of the whole trace (the outermost only)
+    free: list = ()  # Tracers of an enclosing trace read by a function defined in it (inputs)
 
 
 def trace(fun, args, static=None):
@@ -161,9 +230,13 @@ def _trace(fun, args, static, interp, reads):
                                  "traced functions return arrays, numbers, or tuples/lists/dicts of them")
         out_leaves = [o if not isinstance(o, np.ndarray) else P.lift(o) for o in out_leaves]
         cap_tracers = [t for _, t in interp.captured_inputs]
-        graph = make_graph(inputs + cap_tracers, out_leaves, b)
+        # a lambda or def of traced code may close over the caller's traced values: they become
+        # inputs after the arguments (captures stay last), which nested transforms leave
+        # undifferentiated and _gj_inline / vmap_call pass in (the outer transform sees them)
+        free = free_vars(b, inputs + cap_tracers, out_leaves)
+        graph = make_graph(inputs + free + cap_tracers, out_leaves, b)
     return Traced(graph, out_tree, [c for c, _ in interp.captured_inputs], interp.guards,
-                  interp.sources, _name(fun), _fn_loc(fun), reads)
+                  interp.sources, _name(fun), _fn_loc(fun), reads, free)
 
 
 def _name(fun):
@@ -187,10 +260,10 @@ def grad_graph(traced, n_args_leaves, wrt, has_aux, with_value):
     g = traced.graph
     out0 = g.outputs[0] if g.outputs else None
     if out0 is None or out0.aval.shape != ():
-        shape = "()" if out0 is None else P.fmt_shape(out0.aval.shape)
+        got = "it returns no value" if out0 is None else \
+            f"its output has shape {P.fmt_shape(out0.aval.shape)}"
         raise GradjitError(f"{traced.loc}: grad requires {traced.qualname} to return a scalar, "
-                           f"but its output has shape {shape}; use gj.vjp or gj.jacobian for "
-                           "non-scalar outputs")
+                           f"but {got}; use gj.vjp or gj.jacobian for non-scalar outputs")
     if not out0.aval.is_float:
         raise TypeError(f"{traced.loc}: grad of {traced.qualname}: its output must be a float, "
                         f"not {out0.aval.dtype}")
@@ -224,7 +297,7 @@ def vjp_graph(traced, wrt):
 class Entry:
     """One compiled (function, transform, signature): the kernel and how to call it."""
 
-    __slots__ = ("kernel", "full", "captures", "guards", "guard_values", "post", "graph",
+    __slots__ = ("kernel", "full", "captures", "guards", "post", "graph",
                  "source", "traced", "optimized", "n_out", "has_0d", "check")
 
     def general(self, flat):
@@ -237,25 +310,18 @@ class Entry:
             raise ShapeError(f"{e} (argument shapes: {_shapes(flat)})") from None
 
     def guards_ok(self):
-        for cap, old in zip(self.guards, self.guard_values):
-            try:
-                new = cap.get()
-            except (KeyError, ValueError):
-                return False
-            if new is not old and not _same_value(new, old):
-                return False
-        for cap in self.captures:
-            if arg_key(cap.get()) != arg_key(cap.value):
-                return False
+        """Whether everything the trace read from outside its arguments still holds: guarded
+        values unchanged, arrays still of the dtype, rank and unit axes it was compiled for."""
+        try:
+            for cap in self.guards:
+                if not cap.holds(cap.get()):
+                    return False
+            for cap in self.captures:
+                if arg_key(cap.get()) != arg_key(cap.value):
+                    return False
+        except Exception:  # noqa: BLE001 - a path that no longer leads anywhere: retrace
+            return False
         return True
-
-
-def _same_value(a, b):
-    try:
-        r = a == b
-        return bool(r) if not isinstance(r, np.ndarray) else bool(r.all())
-    except Exception:
-        return False
 
 
 _module_counter = [0]
@@ -334,6 +400,10 @@ class Transformed:
         self.has_aux = has_aux
         self.static_argnums = tuple(static_argnums) if isinstance(static_argnums, (tuple, list)) \
             else (static_argnums,)
+        if not all(isinstance(k, int) and k >= 0 for k in self.static_argnums):
+            # (negative positions would need the arity; unchecked they were silently ignored)
+            raise GradjitError(f"static_argnums={static_argnums!r}: expected non-negative "
+                               "argument positions")
         if target not in ("auto", "cpu", "parallel", "cuda"):
             raise ValueError(f"unknown target {target!r}: use 'auto', 'cpu', 'parallel' or 'cuda'")
         self.target = target
@@ -357,15 +427,22 @@ class Transformed:
         try:
             run, post, strict, _ = self.fast[fingerprint(args)]
         except (KeyError, NotImplementedError):
-            return self._call(args)
-        if strict is not None and not strict(args):
-            return self._call(args)
+            run = None
+        if run is not None and (strict is None or strict(args)):
+            try:
+                out = run(*args)
+            except GradjitError:
+                pass
+            else:
+                _stats.hits += 1
+                return out if post is None else post(out)
+        # The full path runs outside the handlers above: an error it raises must not come
+        # chained to a fast-path miss ("During handling of the above exception...").
         try:
-            out = run(*args)
-        except GradjitError:
             return self._call(args)
-        _stats.hits += 1
-        return out if post is None else post(out)
+        except GradjitError as e:
+            surface(e)  # the user's frames and the message (GRADJIT_DEBUG: everything)
+            raise
 
     def _call(self, args):
         """The full path: a key from the arguments' types (arrays: dtype, rank, unit axes),
@@ -379,6 +456,8 @@ class Transformed:
             if entry is None or not entry.guards_ok():
                 for a in args:
                     arg_key(a)  # rejects unsupported argument types with a clear error
+                if entry is not None:  # something it read changed: off the hot path
+                    self._drop_fast(entry)
                 entry = self._compile(key, args)
             else:
                 _stats.hits += 1
@@ -392,13 +471,15 @@ class Transformed:
             raise ShapeError(f"{e} (argument shapes: {_shapes(args)})") from None
         except SizeFallback:
             out = entry.general(call)
-        if not (entry.check or entry.has_0d):
-            _set_fast(self.fast, entry, args)
         post = entry.post
+        if _config.check:  # differential testing: nothing on the hot path, every call checked
+            return _differential(self, args, out if post is None else post(out))
+        if not entry.has_0d:
+            _set_fast(self.fast, entry, args)
         return out if post is None else post(out)
 
     def _call_tree(self, args):
-        static = {k: args[k] for k in self.static_argnums if k < len(args)}
+        static = _static_args(self, args)
         leaves, key_parts = [], []
         for k, a in enumerate(args):
             if k in static:
@@ -420,7 +501,12 @@ class Transformed:
             raise ShapeError(f"{e} (argument shapes: {_shapes(leaves)})") from None
         except SizeFallback:
             out = entry.general(flat)
-        return out if entry.post is None else entry.post(out)
+        out = out if entry.post is None else entry.post(out)
+        return _differential(self, args, out) if _config.check else out
+
+    def _drop_fast(self, entry):
+        for fp in [fp for fp, v in self.fast.items() if v[3][0] is entry]:
+            del self.fast[fp]
 
     # -- compiling -----------------------------------------------------------------------------
 
@@ -446,14 +532,14 @@ class Transformed:
             raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
         if self.kind == "vjp":
             raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
-        static = {k: args[k] for k in self.static_argnums if k < len(args)}
+        static = _static_args(self, args)
         traced = trace(self.fun, args, static)
         graph, assemble = transform_graph(self, traced, args, static)
         leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
-        caps = [interp.captured(c.kind, c.where, c.name, c.value) for c in traced.captures]
+        caps = [interp.recapture(c) for c in traced.captures]
         interp.guards.extend(traced.guards)
         interp.sources.update(traced.sources)
-        outs, _ = ad.replay(graph, leaves + caps)
+        outs, _ = ad.replay(graph, leaves + list(traced.free) + caps)
         return assemble(outs)
 
     def lower(self, *args):
@@ -555,14 +641,74 @@ def _set_fast(fast, entry, args):
         exec(f"def strict(args):\n    return {test}", ns)
         strict = ns["strict"]
     run = kernel = entry.kernel
+    vals = (*args, *[c.get() for c in entry.captures])
     into = getattr(run, "into", None)
     if into is None:
-        run = _compiled_for(run, args)
+        run = _compiled_for(run, vals)
     else:
         fn, results = into
         outs = [np.empty(shape, dt) for _, shape, dt in results[1]]
-        run = _into_runner(_compiled_for(fn, (*args, *outs)), results, len(args))
+        run = _into_runner(_compiled_for(fn, (*vals, *outs)), results, len(vals))
+    if entry.check:
+        run = _guarded(run, entry, len(args))
     fast[fp] = (run, entry.post, strict, (entry, kernel))
+
+
+class _GuardMiss(GradjitError):
+    """Raised by a guarded runner: something the trace read changed (the full path sorts it
+    out: it retraces)."""
+
+
+_MISS = _GuardMiss("a value read by the traced function changed")
+
+
+def _guarded(inner, entry, nargs):
+    """A runner for ``inner`` that first re-reads every outside value the trace depended on,
+    through its access path (``cfg.alpha``, ``self.W``), in generated straight-line code:
+    guarded values are compared with what the trace saw, arrays are type-checked and passed
+    after the arguments. Anything that differs raises _MISS."""
+    ns = {"inner": inner, "MISS": _MISS, "nd": np.ndarray, "shape_of": frontend.shape_of}
+    reads, tests = [], []
+    for j, cap in enumerate([*entry.guards, *entry.captures]):
+        ns[f"R{j}"], ns[f"N{j}"] = cap.where, cap.name
+        expr = f"R{j}[N{j}]" if cap.kind == "global" else \
+            f"R{j}.cell_contents" if cap.kind == "cell" else f"R{j}"
+        for i, (op, k) in enumerate(cap.steps):
+            if op == "attr":
+                expr += f".{k}" if k.isidentifier() else f"getattr({expr}, {k!r})"
+            else:
+                ns[f"K{j}_{i}"] = k
+                expr = f"{expr}[K{j}_{i}]"
+        reads.append(f"v{j} = {expr}")
+        v, e = f"v{j}", f"E{j}"
+        if j >= len(entry.guards):  # an array passed to the kernel
+            dt, nd, units = arg_key(cap.value)
+            ns[f"D{j}"], ns[f"U{j}"] = dt, units
+            unit = f"1 not in {v}.shape" if units is None else \
+                f"tuple([d == 1 for d in {v}.shape]) == U{j}"
+            tests.append(f"type({v}) is nd and {v}.dtype == D{j} and {v}.ndim == {nd} and {unit}")
+            continue
+        ns[e] = cap.expected
+        if cap.mode == "value":
+            ns[f"T{j}"] = type(cap.expected)
+            nan = isinstance(cap.expected, float) and cap.expected != cap.expected
+            tests.append(f"type({v}) is T{j} and ({v} is {e} or {v} == {e}"
+                         f"{f' or {v} != {v}' if nan else ''})")
+        elif cap.mode == "ident":
+            tests.append(f"{v} is {e}")
+        elif cap.mode == "type":
+            tests.append(f"type({v}) is {e}")
+        else:
+            tests.append(f"shape_of({v}) == {e}")
+    params = ", ".join(f"a{k}" for k in range(nargs))
+    passed = ", ".join([f"a{k}" for k in range(nargs)] +
+                       [f"v{j}" for j in range(len(entry.guards), len(reads))])
+    lines = [f"def run({params}):", "    try:", *[f"        {r}" for r in reads],
+             f"        ok = {' and '.join(tests) or 'True'}",
+             "    except Exception:", "        ok = False",
+             "    if not ok:", "        raise MISS", f"    return inner({passed})"]
+    exec("\n".join(lines), ns)
+    return ns["run"]
 
 
 def _compiled_for(disp, args):
@@ -578,6 +724,16 @@ def _compiled_for(disp, args):
 
 def _shapes(args):
     return ", ".join(str(np.shape(a)) for a in args)
+
+
+def _static_args(tf, args):
+    """The static arguments by position. One past the arguments given is an error: ignored,
+    it would leave the argument meant to be static traced."""
+    for k in tf.static_argnums:
+        if k >= len(args):
+            raise GradjitError(f"static_argnums={tf.static_argnums!r} does not fit the "
+                               f"{len(args)} arguments given")
+    return {k: args[k] for k in tf.static_argnums}
 
 
 def _hashable(a):
@@ -604,6 +760,7 @@ def _transform_spec(tf, traced, args, static):
     if kind in ("jit", "vmap"):  # vmap: the batching happened while tracing (Batched._gj_inline)
         return g, ("tree", out_tree)
     if kind in ("grad", "value_and_grad"):
+        _check_scalar_output(tf, traced)
         wrt, groups = tf._wrt(args, static)
         with_value = kind == "value_and_grad"
         graph = grad_graph(traced, None, wrt, tf.has_aux, with_value)
@@ -627,6 +784,20 @@ def _transform_spec(tf, traced, args, static):
         single = not isinstance(tf.argnums, (tuple, list))
         return graph, ("jacobian", out_tree, tuple((t, n) for t, n, _ in groups), single, len(wrt))
     raise GradjitError(f"{kind} cannot be used here")
+
+
+def _check_scalar_output(tf, traced):
+    """grad's output structure: one scalar, or a (scalar, aux) pair under has_aux (the shape
+    of the scalar is checked by grad_graph). A tuple would otherwise be taken as its first
+    element, silently."""
+    out_tree, name = traced.out_tree, f"{tf.kind} requires {traced.qualname} to return a scalar"
+    if out_tree is None:
+        raise GradjitError(f"{traced.loc}: {name}, but it returned None (a missing return?)")
+    if not tf.has_aux and out_tree is not pytree.LEAF:
+        what = out_tree[0].__name__ if isinstance(out_tree, tuple) else type(out_tree).__name__
+        raise GradjitError(f"{traced.loc}: {name}, but it returned a {what}; to return "
+                           "auxiliary data as well, return (scalar, aux) and pass has_aux=True "
+                           "(or use gj.vjp or gj.jacobian for several outputs)")
 
 
 def _assembler(spec):
@@ -694,7 +865,7 @@ class Lowered:
 
     def __init__(self, tf, args, fkey=_UNSET):
         self.tf = tf
-        static = {k: args[k] for k in tf.static_argnums if k < len(args)}
+        static = _static_args(tf, args)
         # the manifest key is taken before tracing: what the trace then reads is recorded
         self.fkey = _function_key(tf, args) if fkey is _UNSET else fkey
         _stats.traces += 1
@@ -904,7 +1075,6 @@ def _entry(mod, captures, guards, leaves, results, assemble):
     e.guards = guards
     # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
     e.check = bool(e.guards or e.captures)
-    e.guard_values = [c.value for c in guards]
     e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in leaves)
     e.graph = e.source = e.traced = e.optimized = None
     convs = [_convert_to(dt, nd) for dt, nd in results]
@@ -924,7 +1094,7 @@ def _entry(mod, captures, guards, leaves, results, assemble):
 # whose checks all hold imports the entry's kernel and builds the Entry without tracing.
 # ---------------------------------------------------------------------------------------------
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 
 
 def _transformed_token(tf):
@@ -1044,7 +1214,7 @@ def _describe_trace(low, entry_key):
     traced = low.traced
     files, segments = {}, []
     texts = {}
-    for (path, line), (qualname, seg) in traced.sources.items():
+    for (path, line, _col), (qualname, seg) in traced.sources.items():
         if path not in texts:
             try:
                 size, mtime, digest, texts[path] = _file_stamp(path)
@@ -1083,6 +1253,8 @@ def _describe_trace(low, entry_key):
             absent.add((mod, r[2]))
 
     def where_path(cap):
+        if cap.kind == "obj":
+            raise Unstorable(f"'{cap.text}' is read from an object")
         if cap.kind == "global":
             mod = cap.where.get("__name__")
             if not isinstance(mod, str) or getattr(sys.modules.get(mod), "__dict__", None) \
@@ -1107,7 +1279,7 @@ def _describe_trace(low, entry_key):
             if p is not None:
                 paths[id(cap)] = p
                 progress = True
-                register(cap.value, ("val", p))
+                register(cap.value, ("val", p, value_token(cap.steps)))
         for r in attrs:
             register(r[3], ("attr", obj_path(r[1]), r[2]))
         if not progress:
@@ -1116,9 +1288,9 @@ def _describe_trace(low, entry_key):
     if missing:
         raise Unstorable(f"cannot find closure variable(s) {missing} again")
 
-    guards = [(paths[id(c)], value_token(c.value)) for c in traced.guards]
+    guards = [(paths[id(c)], c.steps, c.mode, _guard_token(c.mode, c.value)) for c in traced.guards]
     statics = [(paths[id(c)], value_token(c.value)) for c in statics]
-    arrays = [(paths[id(c)], leaf_token(c.value)) for c in traced.captures]
+    arrays = [(paths[id(c)], c.steps, leaf_token(c.value)) for c in traced.captures]
     attr_reads = []
     for _, obj, name, value in attrs:
         if isinstance(obj, types.ModuleType) and obj.__name__.split(".")[0] in LIBRARIES \
@@ -1160,7 +1332,7 @@ def _resolve(path, tf):
         fn = _resolve(path[1], tf)
         return fn.__closure__[path[2]]
     if what == "val":
-        return _capture(path[1], tf).get()
+        return _capture(path[1], tf, path[2]).get()
     if what == "mod":
         mod = sys.modules.get(path[1])
         if mod is None:
@@ -1176,13 +1348,30 @@ def _resolve(path, tf):
     raise _Stale(f"unknown path {what}")
 
 
-def _capture(path, tf):
-    """The frontend.Capture a path ("g", module, name) / ("c", cell path, name) leads to."""
+def _capture(path, tf, steps=()):
+    """The frontend.Capture a path ("g", module, name) / ("c", cell path, name), then
+    ``steps``, leads to."""
     if path[0] == "g":
         mod = _resolve(("mod", path[1]), tf)
-        return frontend.Capture("global", mod.__dict__, path[2], None)
+        return frontend.Capture("global", mod.__dict__, path[2], None, tuple(steps))
     cell = _resolve(path[1], tf)
-    return frontend.Capture("cell", cell, path[2], None)
+    return frontend.Capture("cell", cell, path[2], None, tuple(steps))
+
+
+def _guard_token(mode, value):
+    """What a manifest stores of a guarded value, to compare in a new process."""
+    if mode == "type":
+        return value_token(type(value))
+    if mode == "shape":
+        t, n = frontend.shape_of(value)
+        return (t.__name__, value_token(n))
+    return value_token(value)
+
+
+def _guard_expected(mode, value):
+    import copy
+    return {"value": copy.deepcopy, "ident": lambda v: v, "type": type,
+            "shape": frontend.shape_of}[mode](value)
 
 
 def _check_sources(m):
@@ -1209,11 +1398,12 @@ def _from_manifest(tf, m, args, dc):
     try:
         fresh = _check_sources(m)
         guards, arrays = [], []
-        for path, token in m["guards"]:
-            cap = _capture(path, tf)
+        for path, steps, mode, token in m["guards"]:
+            cap = _capture(path, tf, steps)
             cap.value = cap.get()
-            if value_token(cap.value) != token:
-                raise _Stale(f"{path[-1]} changed")
+            if _guard_token(mode, cap.value) != token:
+                raise _Stale(f"{cap.text} changed")
+            cap.mode, cap.expected = mode, _guard_expected(mode, cap.value)
             guards.append(cap)
         for path, token in m["statics"]:  # modules, classes, None: not re-checked per call
             if value_token(_capture(path, tf).get()) != token:
@@ -1221,8 +1411,8 @@ def _from_manifest(tf, m, args, dc):
         for mod, name in m["absent"]:  # builtins: still not shadowed by a module global
             if name in _resolve(("mod", mod), tf).__dict__:
                 raise _Stale(f"a global '{name}' now shadows the builtin")
-        for path, token in m["arrays"]:
-            cap = _capture(path, tf)
+        for path, steps, token in m["arrays"]:
+            cap = _capture(path, tf, steps)
             cap.value = cap.get()
             if type(cap.value) is not np.ndarray or leaf_token(cap.value) != token:
                 raise _Stale(f"{path[-1]} changed")
@@ -1334,6 +1524,10 @@ def vjp(fun, *primals):
         ct_leaves, ct_tree = pytree.flatten(ct)
         if len(ct_leaves) != len(out_leaves):
             raise GradjitError("the cotangent must have the structure of the function's output")
+        for c, o in zip(ct_leaves, out_leaves):
+            if np.shape(c) != np.shape(o):
+                raise ShapeError(f"vjp of {_name(fun)}: the cotangent has shape {np.shape(c)}, "
+                                 f"the output it pairs with {np.shape(o)}")
         ct_leaves = [np.asarray(c, dtype=np.asarray(o).dtype) if np.ndim(o) else
                      np.asarray(o).dtype.type(c) for c, o in zip(ct_leaves, out_leaves)]
         res = back(primals, ct_leaves)

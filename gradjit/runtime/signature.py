@@ -202,6 +202,9 @@ def code_digest(code):
                        c.co_firstlineno, c.co_names, c.co_varnames, c.co_freevars,
                        c.co_cellvars, c.co_argcount, c.co_posonlyargcount,
                        c.co_kwonlyargcount, c.co_flags)).encode())
+        # where it is defined, column included: equal code at two places is two functions
+        h.update(repr(next((p for p in c.co_positions() if None not in p and (p[1], p[3]) > (p[0], p[2])),
+                           None)).encode())
         for k in c.co_consts:
             if hasattr(k, "co_code"):
                 walk(k)
