@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from .compiler import batching as _batching
+from .runtime.vmap import Batched
 from .compiler import numpy_api
 from .compiler.primitives import stop_gradient as _stop_gradient_op
 from .compiler.tracing import Tracer
@@ -40,7 +40,7 @@ jacobian.__doc__ = "Jacobian of ``fun``, shape ``out.shape + in.shape``, compute
 
 
 def _build_vmap(fun, kind, in_axes, out_axes, target):
-    return dispatch.Transformed(_batching.Batched(fun, in_axes, out_axes), kind, target=target)
+    return dispatch.Transformed(Batched(fun, in_axes, out_axes), kind, target=target)
 
 
 vmap = _transform("vmap", build=_build_vmap, in_axes=0, out_axes=0, target="auto")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runtime import pytree
+from .compiler import pytree
 
 __all__ = [
     "assert_grads_close",
@@ -229,7 +229,7 @@ def _assert_tree_close(got, want, atol, rtol, what):
 def reference_outputs(fn, args):
     """``fn`` traced and run by the reference evaluator (no compilation): a list of leaves."""
     from .compiler.reference import evaluate
-    from .runtime.dispatch import trace
+    from .compiler.transforms import trace
 
     traced = trace(fn, tuple(args))
     leaves = [x for a in args for x in pytree.flatten(a)[0]]

@@ -37,7 +37,7 @@ def test_seed_workloads_pass_under_check_mode(checking):
 
 
 def gj_flat(v):
-    from gradjit.runtime import pytree
+    from gradjit.compiler import pytree
     return pytree.flatten(v)[0]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GradjitError, TraceError, at
-from . import ad
+from . import ad, pytree
 from . import primitives as P
 from .ir import Aval, Lit, Var
 from .tracing import Tracer, atom, bind, current_loc, location
@@ -792,7 +792,6 @@ def _check_axis(ax, what):
 
 def _leaf_axes(spec, value, what):
     """One axis (or None) per leaf of ``value``, from an int/None or a matching container."""
-    from ..runtime import pytree
     if spec is None or isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         _check_axis(spec, what)
         return [None if spec is None else int(spec)] * len(pytree.flatten(value)[0])
@@ -815,51 +814,10 @@ def _normalize(ax, rank, what, loc):
     return ax % rank
 
 
-class Batched:
-    """``fun`` mapped over axes of its arguments; traced code calls it through ``_gj_inline``,
-    and ``gj.vmap`` compiles it as a ``Transformed`` of kind ``"vmap"``."""
-
-    def __init__(self, fun, in_axes=0, out_axes=0):
-        if not callable(fun):
-            raise TypeError(f"gradjit transforms take a function, not {type(fun).__name__}")
-        if isinstance(in_axes, list):
-            in_axes = tuple(in_axes)
-        for what, spec in (("in_axes", in_axes), ("out_axes", out_axes)):
-            if not (spec is None or isinstance(spec, (int, np.integer, tuple, list, dict))) \
-                    or isinstance(spec, bool):
-                raise TypeError(f"vmap {what} must be an int, None, or a tuple of them, not "
-                                f"{type(spec).__name__}")
-        self.fun = fun
-        self.in_axes = in_axes
-        self.out_axes = out_axes
-        self.__name__ = getattr(fun, "__name__", "vmapped")
-        self.__qualname__ = getattr(fun, "__qualname__", self.__name__)
-        self.__module__ = getattr(fun, "__module__", None)
-        self.__doc__ = getattr(fun, "__doc__", None)
-        code = getattr(fun, "__code__", None) or getattr(getattr(fun, "fun", None), "__code__", None)
-        if code is not None:
-            self.__code__ = code
-
-    def __repr__(self):
-        return f"<vmap of {self.__qualname__}>"
-
-    def __call__(self, *args):
-        if getattr(self, "_compiled", None) is None:
-            from ..runtime.dispatch import Transformed
-            self._compiled = Transformed(self, "vmap")
-        return self._compiled(*args)
-
-    def _gj_inline(self, interp, args, kwargs):
-        if kwargs:
-            raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
-        return vmap_call(self.fun, args, self.in_axes, self.out_axes, interp)
-
-
 def vmap_call(fun, args, in_axes, out_axes, interp):
     """Trace ``fun`` on per-example values of ``args`` (Tracers / static values of the caller's
     trace) and emit the batched graph into the current builder; returns the result pytree."""
-    from ..runtime import pytree
-    from ..runtime.dispatch import trace
+    from .transforms import trace  # (transforms imports this module)
     loc = interp.loc or current_loc()
     args = tuple(args)
     if isinstance(in_axes, tuple):
@@ -994,5 +952,5 @@ def jacobian_graph(traced, wrt, vjp_graph):
         return make_graph(ins, res, b)
 
 
-__all__ = ["BATCH_RULES", "Batched", "batch_graph", "elementwise_rule", "jacobian_graph",
+__all__ = ["BATCH_RULES", "batch_graph", "elementwise_rule", "jacobian_graph",
            "loop_rule", "moveaxis", "register", "register_elementwise", "vmap_call"]

@@ -30,6 +30,7 @@ from . import control as C
 from . import numpy_api
 from . import primitives as P
 from . import tracing as _tracing
+from .avals import aval_for
 from .tracing import Tracer, location
 
 # ---------------------------------------------------------------------------------------------
@@ -1230,7 +1231,6 @@ class Interpreter:
             return self.captures[key][1]
         value = cap.value
         if isinstance(value, np.ndarray) and value.ndim > 0:  # any size: read at every call
-            from ..runtime.signature import aval_for  # the runtime decides how args are typed
             if value.dtype.kind not in "biuf":
                 raise TraceError(at(self.loc, f"array '{cap.text}' has unsupported dtype {value.dtype}"))
             out = Tracer(P.Var(aval_for(value)))

@@ -18,19 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compiler import ad, frontend, passes
-from ..compiler import primitives as P
+from ..compiler import frontend, passes, pytree
 from ..compiler.codegen import cpu
-from ..compiler.ir import Var, verify
-from ..compiler.tracing import Builder, Tracer, building, free_vars, make_graph
+from ..compiler.ir import verify
+from ..compiler import transforms
+from ..compiler.transforms import assembler, name_of, trace, transform_spec
 from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
-from . import pytree
 from .signature import (
     LIBRARIES,
     TOKENS,
     Unstorable,
     arg_key,
-    aval_for,
     decode_tree,
     describe,
     encode_tree,
@@ -180,116 +178,6 @@ def _agree(got, want, what, against):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tracing a Python function into a graph
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Traced:
-    graph: object
-    out_tree: object
-    captures: list  # Capture objects of arrays passed at every call
-    guards: list  # Capture objects of baked values
-    sources: dict
-    qualname: str
-    loc: str
-    reads: list = None  # frontend.RECORD reads of the whole trace (the outermost only)
-    free: list = ()  # Tracers of an enclosing trace read by a function defined in it (inputs)
-
-
-def trace(fun, args, static=None):
-    """Trace ``fun`` on leaves shaped like ``args`` (a tuple of pytrees)."""
-    static = static or {}
-    interp = frontend.Interpreter()
-    outermost = getattr(frontend.RECORD, "reads", None) is None
-    if outermost:  # nested traces (transforms used inside) record into the same list
-        frontend.RECORD.reads = []
-    try:
-        return _trace(fun, args, static, interp, frontend.RECORD.reads if outermost else None)
-    finally:
-        if outermost:
-            frontend.RECORD.reads = None
-
-
-def _trace(fun, args, static, interp, reads):
-    with building(Builder()) as b:
-        tracer_args, inputs = [], []
-        for k, a in enumerate(args):
-            if k in static:
-                tracer_args.append(a)
-                continue
-            leaves, tree = pytree.flatten(a)
-            ts = [Tracer(Var(x.aval if isinstance(x, Tracer) else aval_for(x))) for x in leaves]
-            inputs.extend(ts)
-            tracer_args.append(pytree.unflatten(tree, ts))
-        out = interp.call(fun, tracer_args)
-        out_leaves, out_tree = pytree.flatten(out)
-        for o in out_leaves:
-            if not (isinstance(o, Tracer) or frontend.P.is_static_scalar(o) or isinstance(o, np.ndarray)):
-                raise TraceError(f"{_fn_loc(fun)}: {_name(fun)} returned a {type(o).__name__}; "
-                                 "traced functions return arrays, numbers, or tuples/lists/dicts of them")
-        out_leaves = [o if not isinstance(o, np.ndarray) else P.lift(o) for o in out_leaves]
-        cap_tracers = [t for _, t in interp.captured_inputs]
-        # a lambda or def of traced code may close over the caller's traced values: they become
-        # inputs after the arguments (captures stay last), which nested transforms leave
-        # undifferentiated and _gj_inline / vmap_call pass in (the outer transform sees them)
-        free = free_vars(b, inputs + cap_tracers, out_leaves)
-        graph = make_graph(inputs + free + cap_tracers, out_leaves, b)
-    return Traced(graph, out_tree, [c for c, _ in interp.captured_inputs], interp.guards,
-                  interp.sources, _name(fun), _fn_loc(fun), reads, free)
-
-
-def _name(fun):
-    return getattr(fun, "__qualname__", None) or getattr(fun, "__name__", None) or repr(fun)
-
-
-def _fn_loc(fun):
-    while not hasattr(fun, "__code__") and hasattr(fun, "__wrapped__"):  # nested transforms
-        fun = fun.__wrapped__
-    code = getattr(fun, "__code__", None)
-    return f"{code.co_filename}:{code.co_firstlineno}" if code else "<unknown>"
-
-
-# ---------------------------------------------------------------------------------------------
-# Graph transforms at the boundary
-# ---------------------------------------------------------------------------------------------
-
-
-def grad_graph(traced, n_args_leaves, wrt, has_aux, with_value):
-    """Graph computing [value, aux...] + gradients of the first output w.r.t. leaves ``wrt``."""
-    g = traced.graph
-    out0 = g.outputs[0] if g.outputs else None
-    if out0 is None or out0.aval.shape != ():
-        got = "it returns no value" if out0 is None else \
-            f"its output has shape {P.fmt_shape(out0.aval.shape)}"
-        raise GradjitError(f"{traced.loc}: grad requires {traced.qualname} to return a scalar, "
-                           f"but {got}; use gj.vjp or gj.jacobian for non-scalar outputs")
-    if not out0.aval.is_float:
-        raise TypeError(f"{traced.loc}: grad of {traced.qualname}: its output must be a float, "
-                        f"not {out0.aval.dtype}")
-    with building(Builder()) as b:
-        ins = [Tracer(v) for v in g.inputs]
-        seeds = [P.cast(1.0, out0.aval.dtype)] + [None] * (len(g.outputs) - 1)
-        outs, cts = ad.vjp(g, ins, seeds, wrt)
-        grads = [ad.materialize(c, g.inputs[i].aval) for c, i in zip(cts, wrt)]
-        res = (outs if with_value or has_aux else []) + grads
-        return make_graph(ins, res, b)
-
-
-def vjp_graph(traced, wrt):
-    """Graph of (inputs..., cotangents of outputs...) -> (outputs..., input cotangents...)."""
-    g = traced.graph
-    with building(Builder()) as b:
-        ins = [Tracer(v) for v in g.inputs]
-        ct_ins = [Tracer(Var(o.aval.update(weak=False))) if isinstance(o, Var)
-                  else Tracer(Var(P.Aval(o.aval.dtype))) for o in g.outputs]
-        outs, cts = ad.vjp(g, ins, ct_ins, wrt)
-        grads = [ad.materialize(c, g.inputs[i].aval) for c, i in zip(cts, wrt)]
-        n_prim = len(g.inputs) - len(traced.captures)  # captured arrays stay last
-        return make_graph(ins[:n_prim] + ct_ins + ins[n_prim:], list(outs) + grads, b)
-
-
-# ---------------------------------------------------------------------------------------------
 # Compiled entries
 # ---------------------------------------------------------------------------------------------
 
@@ -414,7 +302,7 @@ class Transformed:
         functools.update_wrapper(self, fun, updated=())
 
     def __repr__(self):
-        return f"<gradjit.{self.kind} of {_name(self.fun)}>"
+        return f"<gradjit.{self.kind} of {name_of(self.fun)}>"
 
     # -- the hot path --------------------------------------------------------------------------
 
@@ -532,15 +420,7 @@ class Transformed:
             raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
         if self.kind == "vjp":
             raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
-        static = _static_args(self, args)
-        traced = trace(self.fun, args, static)
-        graph, assemble = transform_graph(self, traced, args, static)
-        leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
-        caps = [interp.recapture(c) for c in traced.captures]
-        interp.guards.extend(traced.guards)
-        interp.sources.update(traced.sources)
-        outs, _ = ad.replay(graph, leaves + list(traced.free) + caps)
-        return assemble(outs)
+        return transforms.inline(self, interp, args, _static_args(self, args))
 
     def lower(self, *args):
         """Trace and transform for the signature of ``args`` (no numba compilation)."""
@@ -552,32 +432,6 @@ class Transformed:
         self.cache[key] = entry
         return entry
 
-    def _wrt(self, args, static):
-        nums = self.argnums if isinstance(self.argnums, (tuple, list)) else (self.argnums,)
-        starts, pos = [], 0
-        for k, a in enumerate(args):
-            starts.append(pos)
-            if k not in static:
-                pos += len(pytree.flatten(a)[0])
-        wrt, groups = [], []
-        for n in nums:
-            if not isinstance(n, int) or not -len(args) <= n < len(args):
-                raise GradjitError(f"argnums={self.argnums!r} does not fit the {len(args)} "
-                                   "arguments given")
-            n %= len(args)
-            if n in static:
-                raise GradjitError(f"argument {n} is static and cannot be differentiated")
-            leaves, tree = pytree.flatten(args[n])
-            for x in leaves:
-                dt = x.aval.dtype if isinstance(x, Tracer) else aval_for(x).dtype
-                if not dt.startswith("float"):
-                    raise TypeError(f"{self.kind} of {_name(self.fun)} with respect to argument {n}: "
-                                    f"it holds integer or bool values ({dt}); only float "
-                                    "arguments can be differentiated")
-            idx = list(range(starts[n], starts[n] + len(leaves)))
-            wrt.extend(idx)
-            groups.append((tree, len(idx), leaves))
-        return wrt, groups
 
 
 _TREES = (tuple, list, dict, type(None))
@@ -744,99 +598,6 @@ def _hashable(a):
         raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
 
 
-def transform_graph(tf, traced, args, static):
-    """(graph, assemble) of transform ``tf`` applied to a traced function; ``assemble`` turns
-    the graph's flat outputs into the transform's result structure (None: a flat tuple)."""
-    graph, spec = _transform_spec(tf, traced, args, static)
-    return graph, _assembler(spec)
-
-
-def _transform_spec(tf, traced, args, static):
-    """(graph, spec): ``spec`` describes the result structure as plain data (pytrees,
-    counts, flags), so that a disk-cache manifest can rebuild ``assemble`` without tracing."""
-    g = traced.graph
-    kind = tf.kind
-    out_tree = traced.out_tree
-    if kind in ("jit", "vmap"):  # vmap: the batching happened while tracing (Batched._gj_inline)
-        return g, ("tree", out_tree)
-    if kind in ("grad", "value_and_grad"):
-        _check_scalar_output(tf, traced)
-        wrt, groups = tf._wrt(args, static)
-        with_value = kind == "value_and_grad"
-        graph = grad_graph(traced, None, wrt, tf.has_aux, with_value)
-        n_out = len(g.outputs) if (with_value or tf.has_aux) else 0
-        single = not isinstance(tf.argnums, (tuple, list))
-        if tf.has_aux and (out_tree is pytree.LEAF or not isinstance(out_tree, tuple)
-                           or out_tree[0] not in (tuple, list) or len(out_tree[1]) != 2):
-            raise GradjitError(f"{traced.loc}: has_aux=True needs {traced.qualname} "
-                               "to return a pair (scalar, aux)")
-        return graph, ("grad", out_tree, tuple((t, n) for t, n, _ in groups), single, n_out,
-                       with_value, bool(tf.has_aux))
-    if kind == "vjp":
-        wrt = list(range(len(g.inputs) - len(traced.captures)))
-        return vjp_graph(traced, wrt), None
-    if kind == "jacobian":
-        # The Jacobian as an IR transform (the vjp batched over an identity cotangent), so it
-        # composes like every other transform; one entry per output leaf, each like argnums.
-        from ..compiler.batching import jacobian_graph
-        wrt, groups = tf._wrt(args, static)
-        graph = jacobian_graph(traced, wrt, vjp_graph)
-        single = not isinstance(tf.argnums, (tuple, list))
-        return graph, ("jacobian", out_tree, tuple((t, n) for t, n, _ in groups), single, len(wrt))
-    raise GradjitError(f"{kind} cannot be used here")
-
-
-def _check_scalar_output(tf, traced):
-    """grad's output structure: one scalar, or a (scalar, aux) pair under has_aux (the shape
-    of the scalar is checked by grad_graph). A tuple would otherwise be taken as its first
-    element, silently."""
-    out_tree, name = traced.out_tree, f"{tf.kind} requires {traced.qualname} to return a scalar"
-    if out_tree is None:
-        raise GradjitError(f"{traced.loc}: {name}, but it returned None (a missing return?)")
-    if not tf.has_aux and out_tree is not pytree.LEAF:
-        what = out_tree[0].__name__ if isinstance(out_tree, tuple) else type(out_tree).__name__
-        raise GradjitError(f"{traced.loc}: {name}, but it returned a {what}; to return "
-                           "auxiliary data as well, return (scalar, aux) and pass has_aux=True "
-                           "(or use gj.vjp or gj.jacobian for several outputs)")
-
-
-def _assembler(spec):
-    if spec is None:
-        return None
-    what, out_tree = spec[0], spec[1]
-    if what == "tree":
-        return lambda outs: pytree.unflatten(out_tree, outs)
-    if what == "grad":
-        _, _, groups, single, n_out, with_value, has_aux = spec
-
-        def assemble(outs):
-            vals, gs = outs[:n_out], outs[n_out:]
-            grads = _regroup(gs, groups, single)
-            if not (with_value or has_aux):
-                return grads
-            value = pytree.unflatten(out_tree, vals)
-            if has_aux:
-                value = (value[0], value[1])
-                return (value, grads) if with_value else (grads, value[1])
-            return value, grads
-        return assemble
-    _, _, groups, single, n = spec  # jacobian
-
-    def assemble(outs):
-        per_out = [_regroup(outs[k * n:(k + 1) * n], groups, single)
-                   for k in range(len(outs) // max(n, 1))]
-        return pytree.unflatten(out_tree, per_out)
-    return assemble
-
-
-def _regroup(flat, groups, single):
-    res, pos = [], 0
-    for tree, n in groups:
-        res.append(pytree.unflatten(tree, flat[pos:pos + n]))
-        pos += n
-    return res[0] if single else tuple(res)
-
-
 def _encode_spec(spec):
     if spec is None:
         return None
@@ -876,8 +637,8 @@ class Lowered:
         self.signature = describe(self.leaves)
         self.target = _resolve_target(tf)
         what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
-        graph, self.spec = _transform_spec(tf, self.traced, args, static)
-        self.assemble = _assembler(self.spec)
+        graph, self.spec = transform_spec(tf, self.traced, args, static)
+        self.assemble = assembler(self.spec)
         if DEBUG >= 3:
             verify(graph)
         self.transformed = graph
@@ -1177,7 +938,7 @@ def _function_key(tf, args):
 
 def _register_tokens():
     if Transformed not in TOKENS:
-        from ..compiler.batching import Batched
+        from .vmap import Batched
         TOKENS[Transformed] = _transformed_token
         TOKENS[Batched] = _batched_token
 
@@ -1204,7 +965,7 @@ def _segment_at(text, line, seg):
 
 
 def _is_wrapper(obj):
-    from ..compiler.batching import Batched
+    from .vmap import Batched
     return isinstance(obj, (Transformed, Batched))
 
 
@@ -1446,7 +1207,7 @@ def _from_manifest(tf, m, args, dc):
         m["files"] = dict(m["files"], **fresh)
         m["refresh"] = True
     return _entry(mod, arrays, guards, leaves, m["results"],
-                  _assembler(_decode_spec(m["spec"])))
+                  assembler(_decode_spec(m["spec"])))
 
 
 def _compile_with_manifests(tf, args):
@@ -1526,7 +1287,7 @@ def vjp(fun, *primals):
             raise GradjitError("the cotangent must have the structure of the function's output")
         for c, o in zip(ct_leaves, out_leaves):
             if np.shape(c) != np.shape(o):
-                raise ShapeError(f"vjp of {_name(fun)}: the cotangent has shape {np.shape(c)}, "
+                raise ShapeError(f"vjp of {name_of(fun)}: the cotangent has shape {np.shape(c)}, "
                                  f"the output it pairs with {np.shape(o)}")
         ct_leaves = [np.asarray(c, dtype=np.asarray(o).dtype) if np.ndim(o) else
                      np.asarray(o).dtype.type(c) for c, o in zip(ct_leaves, out_leaves)]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.ir import Aval, Var
+from ..compiler.avals import SCALARS as _SCALARS
+from ..compiler.avals import aval_for
 from ..errors import GradjitError
 
-_SCALARS = {float: ("float64", True), int: ("int64", True), bool: ("bool", False)}
 
 
 def arg_key(x):
@@ -30,26 +30,6 @@ def arg_key(x):
     if isinstance(x, np.ndarray):
         return arg_key(np.asarray(x))
     raise TypeError(f"gradjit cannot take an argument of type {t.__name__}")
-
-
-def aval_for(x):
-    """The abstract value of a leaf: symbolic sizes except the 1s."""
-    t = type(x)
-    if t in _SCALARS:
-        dt, weak = _SCALARS[t]
-        return Aval(dt, (), weak)
-    if isinstance(x, np.generic):
-        return Aval(x.dtype.name)
-    x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"arrays of dtype {x.dtype} are not supported")
-    dt = x.dtype.name
-    if x.dtype.kind == "u" or dt in ("int8", "int16"):
-        dt = "int64"
-    if dt == "float16":
-        raise TypeError("float16 arrays are not supported")
-    shape = tuple(1 if d == 1 else Var(Aval("int64")) for d in x.shape)
-    return Aval(dt, shape)
 
 
 def prepare(x):
@@ -215,8 +195,8 @@ def code_digest(code):
 
 
 def encode_tree(tree):
-    """A pytree structure (runtime.pytree) as plain data; ``decode_tree`` inverts it."""
-    from .pytree import LEAF
+    """A pytree structure (compiler.pytree) as plain data; ``decode_tree`` inverts it."""
+    from ..compiler.pytree import LEAF
 
     if tree is LEAF:
         return "*"
@@ -233,7 +213,7 @@ def encode_tree(tree):
 
 
 def decode_tree(enc):
-    from .pytree import LEAF
+    from ..compiler.pytree import LEAF
 
     if enc == "*":
         return LEAF
