@@ -10,7 +10,7 @@
 __version__ = "0.1.0"
 
 from .errors import GradjitError, IndexOutOfBounds, ShapeError, TraceError  # noqa: E402
-from .runtime.dispatch import CheckFailed, config  # noqa: E402
+from .runtime.check import CheckFailed, config  # noqa: E402
 from .api import (  # noqa: E402
     cache_info, clear_cache, grad, hessian, jacobian, jit, stop_gradient, value_and_grad, vjp, vmap,
 )

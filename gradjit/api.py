@@ -11,7 +11,8 @@ from .compiler.primitives import stop_gradient as _stop_gradient_op
 from .compiler.tracing import Tracer
 from .errors import GradjitError, surface
 from .runtime import dispatch
-from .runtime.dispatch import cache_info, clear_cache  # noqa: F401
+from .runtime.state import cache_info, clear_cache  # noqa: F401
+from .runtime.vjp import vjp as _vjp
 
 
 def _transform(kind, build=None, **defaults):
@@ -61,7 +62,7 @@ def hessian(fun=None, *, argnums=0, target="auto"):
 def vjp(fun, *primals):
     """``(out, vjp_fn)``; ``vjp_fn(cotangent)`` returns a tuple, one gradient per primal."""
     try:
-        out, back = dispatch.vjp(fun, *primals)
+        out, back = _vjp(fun, *primals)
     except GradjitError as e:
         surface(e)  # a short error at the user's call (see errors.surface)
         raise

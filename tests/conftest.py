@@ -36,10 +36,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gradjit"))
 @pytest.fixture(scope="module")
 def module_cache_dir(tmp_path_factory):
     """A fresh disk-cache directory for one test module (its compile counts are its own)."""
-    from gradjit.runtime import dispatch
+    from gradjit.runtime import state
     mp = pytest.MonkeyPatch()
     mp.setenv("GRADJIT_CACHE_DIR", str(tmp_path_factory.mktemp("gradjit-cache")))
-    dispatch.reset_disk_cache()
+    state.reset_disk_cache()
     yield
     mp.undo()
-    dispatch.reset_disk_cache()
+    state.reset_disk_cache()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradjit as gj
-from gradjit.runtime import dispatch
+from gradjit.runtime import state
 
 # ---------------------------------------------------------------------------------------------
 # The transforms and their call forms
@@ -335,9 +335,9 @@ def test_sum_of_a_scalar_broadcast_against_an_array():
 def private_cache(tmp_path, monkeypatch):
     """An empty disk cache, so that every new signature really compiles."""
     monkeypatch.setenv("GRADJIT_CACHE_DIR", str(tmp_path / "cache"))
-    dispatch.reset_disk_cache()
+    state.reset_disk_cache()
     yield
-    dispatch.reset_disk_cache()
+    state.reset_disk_cache()
 
 
 def cached_fn(x):

@@ -321,7 +321,7 @@ def cmd_warm(args):
             entry = low.compile()
             full = getattr(entry, "full", None)
             if full is not None and full is not entry.kernel:  # ahead of time: the general
-                low._numba_compile(full)                      # version too
+                low.compile_kernel(full)                      # version too
         except BaseException:
             print(" failed", file=sys.stderr, flush=True)
             raise

@@ -1,0 +1,123 @@
+"""``Lowered``: a function traced, transformed, optimised and emitted for one signature,
+and compiled (or loaded from the disk cache) into an Entry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+
+from ..compiler import passes, pytree
+from ..compiler.codegen import cpu
+from ..compiler.ir import verify
+from ..compiler.transforms import assembler, trace, transform_spec
+from ..errors import GradjitError
+from . import manifests
+from .entry import make_entry
+from .loader import (capi_needed, entry_point, load_source, numba_compile, out_examples,
+                     preload_capi, versions)
+from .signature import describe, prepare
+from .state import DEBUG, disk_cache, stats
+
+
+def static_args(tf, args):
+    """The static arguments by position. One past the arguments given is an error: ignored,
+    it would leave the argument meant to be static traced."""
+    for k in tf.static_argnums:
+        if k >= len(args):
+            raise GradjitError(f"static_argnums={tf.static_argnums!r} does not fit the "
+                               f"{len(args)} arguments given")
+    return {k: args[k] for k in tf.static_argnums}
+
+
+UNSET = object()
+
+
+class Lowered:
+    """A traced and transformed function for one signature: IR, optimised IR and source."""
+
+    def __init__(self, tf, args, fkey=UNSET):
+        self.tf = tf
+        static = static_args(tf, args)
+        # the manifest key is taken before tracing: what the trace then reads is recorded
+        self.fkey = manifests.function_key(tf, args) if fkey is UNSET else fkey
+        stats.traces += 1
+        self.traced = trace(tf.fun, args, static)
+        kind = tf.kind
+        self.leaves = [x for k, a in enumerate(args) if k not in static
+                       for x in pytree.flatten(a)[0]]
+        self.signature = describe(self.leaves)
+        self.target = resolve_target(tf)
+        what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
+        graph, self.spec = transform_spec(tf, self.traced, args, static)
+        self.assemble = assembler(self.spec)
+        if DEBUG >= 3:
+            verify(graph)
+        self.transformed = graph
+        self.optimized = passes.optimize(graph)
+        if DEBUG >= 2:
+            print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
+        self.source = cpu.emit_source(self.optimized, what=what, target=self.target)
+
+    def compile_kernel(self, kernel, outs=()):
+        """Compile (or load from numba's cache) for the argument types of this signature now,
+        so that errors surface here and ahead-of-time ``warm`` stores object code."""
+        vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures] + \
+            list(outs)
+        numba_compile(kernel, vals, lambda: f"{self.tf.kind} of {self.traced.qualname} "
+                       f"({self.traced.loc}) [{self.signature}]")
+
+    @property
+    def traced_ir(self):
+        return str(self.traced.graph)
+
+    @property
+    def optimized_ir(self):
+        return str(self.optimized)
+
+    def dot(self):
+        from ..compiler.graphviz import to_dot
+        return to_dot(self.optimized)
+
+    def compile(self):
+        key = hashlib.sha256((self.source + versions()).encode()).hexdigest()
+        meta = {"qualname": self.traced.qualname, "file": self.traced.loc.rsplit(":", 1)[0],
+                "line": int(self.traced.loc.rsplit(":", 1)[1]) if ":" in self.traced.loc else 0,
+                "transform": self.tf.kind, "signature": self.signature, "target": self.target,
+                "created": time.time()}
+        t0 = time.perf_counter()
+        mod, hit = load_source(self.source, key, meta)
+        preload_capi(capi_needed(self.source))
+        self.compile_kernel(entry_point(mod), out_examples(mod))
+        dc = disk_cache()
+        if dc is not None and dc.enabled:
+            dc.seal(key)  # record numba's object code so later processes can trust it
+            if self.fkey:
+                manifests.write_manifest(dc, self, key)
+        if not hit:
+            stats.compiles += 1
+        if DEBUG >= 1:
+            print(f"[gradjit] {'disk hit' if hit else 'compile'} {self.tf.kind} "
+                  f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
+                  file=sys.stderr)
+        e = make_entry(mod, self.traced.captures, self.traced.guards, self.leaves,
+                   [(a.dtype, a.ndim) for a in self.result_avals()], self.assemble)
+        e.graph = self.optimized
+        e.source = self.source
+        e.traced = self.traced.graph
+        e.optimized = self.optimized
+        return e
+
+    def result_avals(self):
+        """Avals of what the kernel returns (a bare value when there is one result)."""
+        return [a.aval for a in self.optimized.outputs]
+
+
+def resolve_target(tf):
+    target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
+    if target == "auto":
+        target = "cpu"
+    if target == "cuda":
+        raise GradjitError("target='cuda' is not available yet")
+    return target
