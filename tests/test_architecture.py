@@ -43,3 +43,45 @@ def test_the_compiler_never_imports_the_runtime(path):
            for mod, line in imported_modules(path)
            if mod.startswith(("gradjit.runtime", "gradjit.api")) or mod == "gradjit"]
     assert not bad, "\n".join(bad)
+
+
+def test_two_threads_trace_different_functions_at_once():
+    """Tracing keeps no state outside the interpreter and the per-thread builder stack: two
+    threads tracing (and compiling) different functions at once each get their own result."""
+    import threading
+
+    import numpy as np
+
+    import gradjit as gj
+    from gradjit.compiler.transforms import trace
+
+    def f(x):
+        s = 0.0
+        for i in range(x.shape[0]):
+            s = s + np.sin(x[i]) * x[i]
+        return s
+
+    def g(x):
+        return np.sum(np.exp(x) - x ** 3)
+
+    x = np.linspace(0.1, 1.0, 5)
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def work(name, fn, want):
+        try:
+            barrier.wait()
+            for _ in range(20):  # interleaved traces
+                assert len(trace(fn, (x,)).graph.eqns) > 0
+            results[name] = gj.grad(fn)(x)
+            np.testing.assert_allclose(results[name], want, rtol=1e-12)
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append((name, e))
+
+    threads = [threading.Thread(target=work, args=("f", f, np.cos(x) * x + np.sin(x))),
+               threading.Thread(target=work, args=("g", g, np.exp(x) - 3 * x ** 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert set(results) == {"f", "g"}

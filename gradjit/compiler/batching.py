@@ -859,7 +859,7 @@ def vmap_call(fun, args, in_axes, out_axes, interp):
     if n is None:
         raise GradjitError(at(loc, "vmap needs at least one mapped argument (in_axes are all "
                               "None)"))
-    traced = trace(fun, tuple(ex_args))
+    traced = trace(fun, tuple(ex_args), reads=interp.reads)
     caps = [interp.recapture(c) for c in traced.captures]
     interp.guards.extend(traced.guards)
     interp.sources.update(traced.sources)

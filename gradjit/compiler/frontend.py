@@ -19,7 +19,6 @@ import linecache
 import math
 import operator
 import os
-import threading
 import types
 from dataclasses import dataclass, field
 
@@ -491,20 +490,6 @@ def _plain_data(v, depth=0):
     return False
 
 
-# Static reads the in-memory cache does not guard but the disk cache must re-check in a new
-# process (a module or class bound to a name, an attribute of a user module or class):
-# ``("cap", kind, where, name, value)`` / ``("attr", obj, name, value)`` / ``("absent",
-# globals, name)`` (a builtin found because the module has no such global), appended to the
-# list ``RECORD.reads`` while the runtime traces a function (thread-local; None: off).
-RECORD = threading.local()
-
-
-def _record(item):
-    reads = getattr(RECORD, "reads", None)
-    if reads is not None:
-        reads.append(item)
-
-
 # Modules whose functions are never interpreted (they are looked up in the numpy table or run
 # as static Python when their arguments are static).
 _LIBRARY_PREFIXES = ("numpy", "scipy", "gradjit", "numba", "math", "builtins", "functools",
@@ -548,7 +533,14 @@ class Interpreter:
 
     MAX_UNROLL = 64  # static loops longer than this are kept as loops, not unrolled
 
-    def __init__(self):
+    def __init__(self, reads=None):
+        # Static reads the in-memory cache does not guard but the disk cache must re-check in
+        # a new process (a module or class bound to a name, an attribute of a user module or
+        # class): ``("cap", kind, where, name, value)`` / ``("attr", obj, name, value)`` /
+        # ``("absent", globals, name)`` (a builtin found because the module has no such
+        # global), appended to ``reads`` (shared with the traces of transforms used inside;
+        # None: not recorded). Nothing is kept outside the interpreter: threads trace apart.
+        self.reads = reads
         self.captures = {}  # id(value) or (kind, where, name) -> Capture
         self.captured_inputs = []  # (Capture, Tracer): arrays passed at every call
         self.guards = []  # Captures of baked values, re-checked at every call
@@ -1205,14 +1197,18 @@ class Interpreter:
         if name in f.globals:
             return self.captured("global", f.globals, name, f.globals[name])
         if hasattr(builtins, name):
-            _record(("absent", f.globals, name))  # a global of that name would shadow it
+            self.record(("absent", f.globals, name))  # a global of that name would shadow it
             return getattr(builtins, name)
         self.fail(node, f"name '{name}' is not defined")
+
+    def record(self, item):
+        if self.reads is not None:
+            self.reads.append(item)
 
     def captured(self, kind, where, name, value):
         """A value read from a closure or the module."""
         if isinstance(value, (types.ModuleType, type)) or value is None:
-            _record(("cap", kind, where, name, value))
+            self.record(("cap", kind, where, name, value))
             if not _is_library(value):  # a user module or class: its attributes are read fresh
                 self.paths[id(value)] = (value, Capture(kind, where, name, value))
             return value
@@ -1284,7 +1280,7 @@ class Interpreter:
         try:
             value = getattr(obj, node.attr)
             if isinstance(obj, (types.ModuleType, type)):
-                _record(("attr", obj, node.attr, value))
+                self.record(("attr", obj, node.attr, value))
             return self.read_from(obj, "attr", node.attr, value) if self.paths else value
         except AttributeError:
             if isinstance(obj, Tracer):

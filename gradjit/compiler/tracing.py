@@ -8,6 +8,7 @@ same op functions in ``primitives``, which call ``bind``.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 
@@ -29,23 +30,30 @@ class Builder:
         return Var(aval)
 
 
-_stack = []
+class _Stacks(threading.local):
+    def __init__(self):
+        self.builders = []  # the graphs being built by this thread, innermost last
+
+
+_local = _Stacks()  # per thread: two threads trace two functions at once, apart
 
 
 def current():
-    if not _stack:
+    stack = _local.builders
+    if not stack:
         raise TraceError("no graph is being built (an op was called outside a trace)")
-    return _stack[-1]
+    return stack[-1]
 
 
 @contextlib.contextmanager
 def building(builder=None):
     b = builder or Builder()
-    _stack.append(b)
+    stack = _local.builders
+    stack.append(b)
     try:
         yield b
     finally:
-        _stack.pop()
+        stack.pop()
 
 
 @contextlib.contextmanager
@@ -62,7 +70,8 @@ def location(loc):
 
 
 def current_loc():
-    return _stack[-1].loc if _stack else None
+    stack = _local.builders
+    return stack[-1].loc if stack else None
 
 
 def free_vars(builder, inputs, outputs):

@@ -34,22 +34,16 @@ class Traced:
     sources: dict
     qualname: str
     loc: str
-    reads: list = None  # frontend.RECORD reads of the whole trace (the outermost only)
+    reads: list = None  # the static reads of the whole trace (the outermost only)
     free: list = ()  # Tracers of an enclosing trace read by a function defined in it (inputs)
 
 
-def trace(fun, args, static=None):
-    """Trace ``fun`` on leaves shaped like ``args`` (a tuple of pytrees)."""
-    static = static or {}
-    interp = frontend.Interpreter()
-    outermost = getattr(frontend.RECORD, "reads", None) is None
-    if outermost:  # nested traces (transforms used inside) record into the same list
-        frontend.RECORD.reads = []
-    try:
-        return _trace(fun, args, static, interp, frontend.RECORD.reads if outermost else None)
-    finally:
-        if outermost:
-            frontend.RECORD.reads = None
+def trace(fun, args, static=None, reads=None):
+    """Trace ``fun`` on leaves shaped like ``args`` (a tuple of pytrees). ``reads``: the list of
+    an enclosing trace (a transform used inside it) that this trace's static reads join;
+    None: the outermost trace, with a list of its own (``Traced.reads``)."""
+    interp = frontend.Interpreter([] if reads is None else reads)
+    return _trace(fun, args, static or {}, interp, interp.reads if reads is None else None)
 
 
 def _trace(fun, args, static, interp, reads):
@@ -164,7 +158,7 @@ def inline(tf, interp, args, static):
     """Apply transform ``tf`` to its function inside a function being traced by ``interp``:
     trace it on the caller's tracers, transform, and replay the result into the caller's graph
     (so transforms compose and a whole optimisation loop becomes one graph)."""
-    traced = trace(tf.fun, args, static)
+    traced = trace(tf.fun, args, static, reads=interp.reads)
     graph, assemble = transform_graph(tf, traced, args, static)
     leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
     caps = [interp.recapture(c) for c in traced.captures]
