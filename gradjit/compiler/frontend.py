@@ -380,7 +380,7 @@ def _is_view_of(v, obj):
 
 def _producer_anywhere(v):
     """The equation that made ``v``, in any graph being built."""
-    for b in reversed(_tracing._stack):
+    for b in reversed(_tracing.builders()):
         e = b.producer.get(v)
         if e is not None:
             return e

@@ -38,6 +38,11 @@ class _Stacks(threading.local):
 _local = _Stacks()  # per thread: two threads trace two functions at once, apart
 
 
+def builders():
+    """The graphs this thread is building, innermost last."""
+    return _local.builders
+
+
 def current():
     stack = _local.builders
     if not stack:
