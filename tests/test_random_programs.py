@@ -88,7 +88,7 @@ def f(x, y):
 # np.sum(v) < t`): a static `k < 1 or ...` does not do, gradjit peels the trips it can
 # predict and the rest is a zero-trip loop again. False: a constant bound, so that some
 # generated loops run zero times.
-ZERO_TRIP_WHILE_BUG = True
+ZERO_TRIP_WHILE_BUG = False
 
 LAMBDA_BODIES_1 = ["v * 2.0", "np.sin(v) * 1.5", "v * v - 0.5"]
 LAMBDA_BODIES_2 = ["v + 1.0", "np.tanh(v) - v", "0.5 * v - C0"]
@@ -537,7 +537,6 @@ def f(x, y):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason='a loop run zero times aliases its result with its initial value (open)')
 def test_grad_through_a_zero_trip_while(progdir):
     # the backward loop's result was its zero initial cotangent buffer itself when it ran no
     # times, and an update in place of that buffer (y[0]'s cotangent) counted twice
@@ -562,7 +561,6 @@ def f(x):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason='a loop run zero times aliases its result with its initial value (open)')
 def test_alias_through_a_zero_trip_while(progdir):
     # numpy: b is a when the loop runs no times, a new array otherwise; gj.jit gave 31.0
     f = load(ALIAS_THROUGH_ZERO_TRIP_WHILE, progdir).f

@@ -637,6 +637,158 @@ def trip_count(start, stop, step):
     return P.maximum(n, 0)
 
 
+# -- which operands a region's results may be ----------------------------------------------------
+# Values are values in the IR, but numpy's arrays are objects: after `b = a` and a loop that
+# rebinds `b`, `b` is `a` itself when the loop runs no times, and the kernels hand a loop's
+# initial array back as its result then (no copy). The front end (a later write into `a`, seen
+# through `b` in numpy on some runs only) and the lowering (an update in place of `a`'s buffer)
+# both need to know which results may be which operands.
+
+_VIEW_PRIMS = (P.slice_p, P.reshape_p, P.transpose_p, P.broadcast_to_p)
+
+
+def _is_buffer(v):
+    return isinstance(v, Var) and v.aval.ndim > 0 and not _is_tape(v.aval)
+
+
+def passes_through(e):
+    """For a region equation ``e`` (cond, for, while), per output: the positions in
+    ``e.inputs`` of the array operands that the output may be, or be a view of, on some run.
+    A branch may hand back an operand; a loop its initial value (when it runs no times: always
+    possible unless its range is static and not empty) and whatever its body hands on as it
+    came in (a carried value, a value from outside the loop)."""
+    if e.prim is cond_p:
+        branches = e.p["branches"]
+        per = [_graph_passes(g) for g in branches]
+        return [{1 + j for p in per for j in p[k] if _is_buffer(e.inputs[1 + j])}
+                for k in range(len(e.outputs))]
+    lp = loop_parts(e.prim, e.inputs, e.params)
+    nr, nc, ni = len(lp.rng), len(lp.consts), lp.n_index
+    step = _graph_passes(lp.body)  # per carried value: body inputs it may be after one trip
+    zero = not (lp.rng and all(isinstance(x, Lit) for x in lp.rng)
+                and len(range(*(int(x.value) for x in lp.rng))) > 0)
+    out = []
+    for k in range(len(lp.inits)):
+        carried, seen, todo = set(), set(), [k]  # carried values whose start value k may be
+        while todo:
+            c = todo.pop()
+            for j in step[c]:
+                if j >= ni + nc and j - ni - nc not in carried:
+                    carried.add(j - ni - nc)
+                    todo.append(j - ni - nc)
+            seen.add(c)
+        ops = {nr + nc + c for c in carried | ({k} if zero else set())}
+        ops |= {nr + j - ni for c in seen for j in step[c] if ni <= j < ni + nc}
+        out.append({j for j in ops if _is_buffer(e.inputs[j])})
+    return out
+
+
+_PASSES = {}  # id(graph) -> (graph, its _graph_passes): a few recent ones
+
+
+def _graph_passes(g):
+    """Per output of graph ``g``: the positions of the inputs it may be or be a view of."""
+    hit = _PASSES.get(id(g))
+    if hit is not None and hit[0] is g:
+        return hit[1]
+    src = {v: {k} for k, v in enumerate(g.inputs) if _is_buffer(v)}
+    for q in g.eqns:
+        if q.prim in _VIEW_PRIMS:
+            s = src.get(q.inputs[0]) if isinstance(q.inputs[0], Var) else None
+            if s and _is_buffer(q.outputs[0]):
+                src[q.outputs[0]] = s
+        elif subgraphs(q):
+            for o, js in zip(q.outputs, passes_through(q)):
+                s = set().union(*(src.get(q.inputs[j], ()) for j in js))
+                if s:
+                    src[o] = s
+    res = [src.get(o, set()) if isinstance(o, Var) else set() for o in g.outputs]
+    if len(_PASSES) > 256:
+        _PASSES.clear()
+    _PASSES[id(g)] = (g, res)
+    return res
+
+
+def _region_pairs(e, ops):
+    """The pairs (frozensets) of results of region ``e`` that may share an array, given the
+    pairs of its operands (positions in ``e.inputs``) that may."""
+    if e.prim is cond_p:
+        out = set()
+        for g in e.p["branches"]:
+            rel = {frozenset(j - 1 for j in p) for p in ops}
+            out |= _graph_sharing(g, rel)[0]
+        return out
+    lp = loop_parts(e.prim, e.inputs, e.params)
+    nr, ni = len(lp.rng), lp.n_index
+    first = ni - nr  # operand position + first = body input position (consts, then carried)
+    rel = {frozenset(j + first for j in p) for p in ops}
+    carried = range(ni + len(lp.consts), len(lp.body.inputs))
+    consts = range(ni, ni + len(lp.consts))
+    while True:  # the pairs at the start of some iteration (and at the end of the last)
+        pairs, shared = _graph_sharing(lp.body, rel)
+        new = {frozenset(carried[k] for k in p) for p in pairs}
+        new |= {frozenset((carried[k], c)) for k, cs in enumerate(shared) for c in cs
+                if c in consts}
+        if new <= rel:
+            break
+        rel |= new
+    n0 = carried[0] if carried else 0
+    return {frozenset(p - n0 for p in q) for q in rel if all(p in carried for p in q)}
+
+
+def _graph_sharing(g, rel):
+    """(the pairs of outputs of ``g`` that may share an array, per output the positions of
+    the inputs it may share one with), given ``rel``, the pairs of inputs (positions, as
+    frozensets) that may. A value made by an equation other than a view or a region is a new
+    array; a region's result may be the operands ``passes_through`` names, and two results of
+    one region are one array only as ``_region_pairs`` says."""
+    pos = {v: k for k, v in enumerate(g.inputs)}
+    made, at = {}, {}
+    for k, q in enumerate(g.eqns):
+        for o in q.outputs:
+            made[o], at[o] = q, k
+    known, pairs = {}, {}
+
+    def base(x):
+        while x in made and made[x].prim in _VIEW_PRIMS and isinstance(made[x].inputs[0], Var):
+            x = made[x].inputs[0]
+        return x
+
+    def region_pairs(q):
+        if id(q) not in pairs:
+            arrays = [j for j, x in enumerate(q.inputs) if _is_buffer(x)]
+            ops = {frozenset((i, j)) for i in arrays for j in arrays
+                   if i < j and share(q.inputs[i], q.inputs[j])}
+            pairs[id(q)] = _region_pairs(q, ops)
+        return pairs[id(q)]
+
+    def share(x, y):
+        x, y = base(x), base(y)
+        if x is y:
+            return True
+        key = frozenset((x, y))
+        if key not in known:
+            qx, qy = made.get(x), made.get(y)
+            if qx is None and qy is None:  # two inputs
+                known[key] = frozenset((pos.get(x), pos.get(y))) in rel
+            elif qx is qy:  # two results of one equation
+                known[key] = bool(subgraphs(qx)) and frozenset(
+                    (qx.outputs.index(x), qx.outputs.index(y))) in region_pairs(qx)
+            else:  # the later one may be the earlier only by handing it on
+                if at.get(x, -1) < at.get(y, -1):
+                    x, y, qx = y, x, qy
+                known[key] = bool(subgraphs(qx)) and any(
+                    share(qx.inputs[j], y) for j in passes_through(qx)[qx.outputs.index(x)])
+        return known[key]
+
+    outs = [o if _is_buffer(o) else None for o in g.outputs]
+    res = {frozenset((k, m)) for k in range(len(outs)) for m in range(k + 1, len(outs))
+           if outs[k] is not None and outs[m] is not None and share(outs[k], outs[m])}
+    shared = [{j for j, v in enumerate(g.inputs) if o is not None and _is_buffer(v) and share(o, v)}
+              for o in outs]
+    return res, shared
+
+
 # -- replay, dead code -------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import GradjitError, TraceError, at
+from . import aliasing
 from . import control as C
 from . import numpy_api
 from . import primitives as P
@@ -549,6 +550,8 @@ class Interpreter:
         self.depth = 0
         self.frame = None
         self.loc = None
+        # arrays that loops and ifs with dynamic tests may hand back as they came (aliasing.py)
+        self.aliases = aliasing.Aliases(_producer_anywhere)
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -772,6 +775,9 @@ class Interpreter:
                 loc[n] = _Undefined(f"is a view of '{name}', which was written into at "
                                     f"{self.where(node)}; index '{name}' again after the write, "
                                     "or take a copy (.copy()) before it")
+            elif self.aliases.made and (c := self.aliases.shared(v, obj)) is not None:
+                # the same array on some runs only (a loop that ran no times handed it back)
+                loc[n] = _Undefined(aliasing.after_write(c, n, name, self.where(node)))
 
     def _updated(self, obj, idx, value):
         if isinstance(obj, np.ndarray):
@@ -808,6 +814,10 @@ class Interpreter:
                   if isinstance(t, Tracer)}
         local = {v.ivar: n for n, v in self.frame.locals.items()
                  if isinstance(v, Tracer) and v is not obj}
+        for t in inputs.values() if self.aliases.made else ():  # an input on some runs
+            c = self.aliases.shared(obj, t)
+            if isinstance(c, aliasing.Construct):
+                self.fail(node, aliasing.input_write(c, name, self.frame.fn_name))
         v = obj.ivar
         while True:
             e = _producer_anywhere(v)
@@ -865,14 +875,17 @@ class Interpreter:
                 return self.frame.locals
             return fn
         names = _Names()
+        arms = []
 
         def merge(a, b):
+            arms[:] = [a, b]
             ta, tb, finish, names.names = _merge_envs(before, a, b, where)
             return ta, tb, finish
         try:
             env = C.cond(pred, arm(then_run), arm(else_run), merge, what=names)
         finally:
             self.frame.locals, self.loc = before, saved_loc
+        self.aliases.branch(arms, env, list(before.values()) + list(self.frame.inputs), where)
         self.frame.locals = env
 
     def _after_exit(self, rest):
@@ -1007,6 +1020,9 @@ class Interpreter:
                         before[m] = _Undefined(
                             f"names the same array as '{n}', which is written into in the loop "
                             f"at {self.where(store)}; use '{n}'")
+                    elif m != n and self.aliases.made and \
+                            (c := self.aliases.shared(v, before[n])) is not None:
+                        before[m] = _Undefined(aliasing.in_loop(c, m, n, self.where(store)))
             if n not in assigned:
                 assigned.append(n)
         state = [n for n in assigned if n not in targets and n in before
@@ -1112,6 +1128,7 @@ class Interpreter:
             return [ok]
 
         saved_loc = self.loc
+        start = len(_tracing.current().eqns)
         try:
             # peel: iterations that change a carried value's shape run before the loop
             if use_while:
@@ -1121,6 +1138,8 @@ class Interpreter:
                               body_fn, leaf_names, peel=2)
         finally:
             self.frame.locals, self.loc = before, saved_loc
+        self.aliases.loop(_tracing.current().eqns[start:], flat, outs,
+                          list(before.values()) + list(self.frame.inputs), self.where(node))
         if rng is not None and use_while:
             outs = outs[1:]
         env = dict(before)
@@ -1376,14 +1395,19 @@ class Interpreter:
         # a scalar condition: only the side taken runs (so `sqrt(x) if x > 0 else 0.0` has
         # finite derivatives everywhere)
         pred = self._truth(test, node)
+        arms = []
 
         def merge(a, b):
+            arms[:] = [{"": a}, {"": b}]
             (la, ta), (lb, tb) = _flatten(a), _flatten(b)
             if ta != tb:
                 self.fail(node, "the two sides of a conditional expression have different structures")
             return la, lb, lambda vals: _unflatten(ta, iter(vals))
-        return C.cond(pred, lambda: self.expr(node.body), lambda: self.expr(node.orelse), merge,
-                      what="the conditional expression")
+        out = C.cond(pred, lambda: self.expr(node.body), lambda: self.expr(node.orelse), merge,
+                     what="the conditional expression")
+        self.aliases.branch(arms, {"": out}, list(self.frame.locals.values())
+                            + list(self.frame.inputs), self.where(node))
+        return out
 
     def expr_Lambda(self, node):
         return StagedFunction(node, self.frame, f"{self.frame.fn_name}.<lambda>")

@@ -56,6 +56,31 @@ def gj_cumsum_last(x, reverse):
     return out.reshape(a.shape)
 
 
+@numba.njit(cache=True)
+def gj_shares(a, b):
+    """Whether the memory spans of arrays ``a`` and ``b`` overlap (conservative for strided
+    views: spans may overlap where elements do not). Kernels ask before writing into a buffer
+    in place that another live value may still be, depending on the run: a loop's result is
+    its initial value itself when it runs zero times."""
+    if a.size == 0 or b.size == 0:
+        return False
+    lo_a = hi_a = a.ctypes.data
+    for k in range(a.ndim):
+        d = (a.shape[k] - 1) * a.strides[k]
+        if d < 0:
+            lo_a += d
+        else:
+            hi_a += d
+    lo_b = hi_b = b.ctypes.data
+    for k in range(b.ndim):
+        d = (b.shape[k] - 1) * b.strides[k]
+        if d < 0:
+            lo_b += d
+        else:
+            hi_b += d
+    return lo_a < hi_b + b.itemsize and lo_b < hi_a + a.itemsize
+
+
 # Tapes, (buffer, count) tuples, in parallel kernels: numba's array analysis mistakes a tuple
 # built in the kernel for a shape, so these build them.
 
@@ -427,4 +452,5 @@ def gj_mod(a, b):
 __all__ = ["gj_acc_add", "gj_acc_fmax", "gj_acc_fmin", "gj_acc_max", "gj_acc_min",
            "gj_acc_mul", "gj_cos",
            "gj_cumsum_last", "gj_exp", "gj_fmax", "gj_fmin", "gj_maximum",
-           "gj_minimum", "gj_mod", "gj_sign", "gj_sin", "gj_slicelen", "gj_tape_at", "gj_tape_room"]
+           "gj_minimum", "gj_mod", "gj_shares", "gj_sign", "gj_sin", "gj_slicelen", "gj_tape_at",
+           "gj_tape_room"]

@@ -101,6 +101,8 @@ class Emitter:
         self.arrays = set()  # values of ``sc`` that also exist as an array
         self.loop_done = set()  # ids of the equations of loops emitted so far
         self.running = set()  # ids of the adds of running sums carried by a loop (_for)
+        self.order = {}  # id(equation) -> position of its item in the schedule (set_order)
+        self.passing = self.at = None  # (see _sharing)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -136,9 +138,18 @@ class Emitter:
         text = f"{outs + ' = ' if outs else ''}{e.prim.name} {args} {ps}".rstrip() + loc
         return " ".join(text.split())  # one comment line, whatever the params print
 
-    def last_use(self, v, e):
-        us = self.uses.get(v, [])
-        return v not in self.outputs and us and us[-1] is e
+    def set_order(self, items):
+        """Record the order the scheduled ``items`` run in: ``order`` maps id(equation) to the
+        position of its item (the equations of one fused loop share it)."""
+        self.order = {id(e): k for k, it in enumerate(items)
+                      for e in (it.eqns if isinstance(it, Loop) else [it.eqn])}
+
+    def read_from(self, v, e):
+        """Whether something other than ``e`` reads ``v`` when or after ``e`` runs (in its
+        fused loop, or later), or ``v`` is a result."""
+        pos = self.order.get(id(e))
+        return v in self.outputs or pos is None or any(
+            u is not e and self.order.get(id(u), pos) >= pos for u in self.uses.get(v, ()))
 
     # -- the function --------------------------------------------------------------------------
 
@@ -159,6 +170,7 @@ class Emitter:
             self.emit(f"if {' or '.join(f'{self.name(d)} == 1' for d in dims)}:")
             self.emit(f"raise UnitAxis({UNIT_MSG!r})", 2)
         items, self.dims = schedule(self.g)
+        self.set_order(items)
         for it in items:
             if isinstance(it, Loop):
                 self.loop(it)
@@ -614,10 +626,7 @@ class Emitter:
                         parallel_ok = False
             elif kind == "scatter":
                 acc, val = e.inputs[0], e.inputs[1]
-                if self.last_use(acc, e) and acc in self.fresh:
-                    pre.append(f"{self.name(v)} = {self.n(acc)}")
-                else:
-                    pre.append(f"{self.name(v)} = {self.n(acc)}.copy()")
+                pre.append(f"{self.name(v)} = {_in_place(self, acc, e)}")
                 self.fresh.add(v)
                 lead = len(idx) - max(acc.aval.ndim - (len(e.inputs) - 2), 0)
                 ivals = [read(a, lead) for a in e.inputs[2:]]
@@ -912,10 +921,7 @@ def _slice_add(em, e):
     spec = e.p["spec"]
     vals, _ = P._split_dyn(spec, e.p["sizes"], e.inputs[2:])
     v = e.outputs[0]
-    if em.last_use(acc, e) and acc in em.fresh:
-        em.emit(f"{em.n(v)} = {em.n(acc)}", comment=em.eqn_text(e))
-    else:
-        em.emit(f"{em.n(v)} = {em.n(acc)}.copy()", comment=em.eqn_text(e))
+    em.emit(f"{em.n(v)} = {_in_place(em, acc, e)}", comment=em.eqn_text(e))
     em.fresh.add(v)
     em.emit(f"{em.n(v)}[{_index_text(em, spec, vals)}] += {em.n(val)}")
 
@@ -1048,6 +1054,7 @@ def _region(em, graph, names, owned=(), scalars=None, running=()):
     sub.sc.update(scalars or {})
     sub.fresh.update(owned)
     items, sub.dims = schedule(graph)
+    sub.set_order(items)
     for it in items:
         if isinstance(it, Loop):
             sub.loop(it)
@@ -1083,8 +1090,12 @@ def _is_array(aval):
 
 
 def _transferable(em, e, a):
-    """``a`` (an operand of ``e``) is an array nothing else will read: ``e`` may take it over."""
-    return isinstance(a, Var) and a in em.fresh and em.last_use(a, e) and e.inputs.count(a) == 1
+    """``a`` (an operand of ``e``) is an array nothing else will read, nor any value that may
+    share it (``_sharing``): ``e`` may take it over."""
+    if not (isinstance(a, Var) and a in em.fresh):
+        return False
+    read, shared = _sharing(em, a, e)
+    return not read and not shared
 
 
 def _assign_all(em, targets, values):
@@ -1153,8 +1164,7 @@ def _enter_loop(em, e, graphs, formals, inits):
         src = em.n(a)
         if _is_array(f.aval) and any(_may_update(g, f) for g in graphs):
             owned.add(f)
-            if not _transferable(em, e, a):
-                src += ".copy()"
+            src = _in_place(em, a, e)
         em.emit(f"{em.name(f)} = {src}")
     return owned, held
 
@@ -1303,27 +1313,79 @@ def _call(em, e):
 # value afterwards, the usual case for `out[i] = v` in a loop; else one copy. A view of the old
 # value read afterwards (the cotangent's `ct[i, :]` in an adjoint) is copied instead, which costs
 # the size of the view, not of the array.
+#
+# Every update in place (slice_set, slice_add, a scatter, a region taking over its operand)
+# asks ``_sharing`` first: the name of the old value may be dead while another value that may
+# be the same buffer is not. Views of it are; and the result of a region given it may be too,
+# depending on the run (a loop that runs zero times hands back its initial value: the zero
+# cotangent a backward loop starts from, which the optimiser shares with other zeros). Where
+# only such results share it, the kernel asks at run time (gj_shares) and copies only when the
+# buffer is in fact shared.
 
 _VIEW_PRIMS = (P.slice_p, P.reshape_p, P.transpose_p)  # lowered as views, not copies
 
 
-def _old_value_readers(em, x, e):
-    """(whether ``x`` itself is read after ``e``, the views of ``x`` read after it or by it)."""
-    eqns = em.g.eqns
-    pos = next((k for k, q in enumerate(eqns) if q is e), None)
-    if pos is None:
-        return True, []
-    alias = {x}
-    for q in eqns[:pos]:
-        if q.prim in _VIEW_PRIMS and q.inputs[0] in alias and q.outputs[0].aval.ndim \
-                and q.outputs[0] not in em.sc:
-            alias.add(q.outputs[0])
-        elif C.subgraphs(q) and any(a in alias for a in q.inputs):  # may pass it through
-            alias.update(v for v in q.outputs if v.aval.ndim and v not in em.fresh)
-    later = {a for q in eqns[pos + 1:] for a in q.inputs if isinstance(a, Var)}
-    later |= em.outputs
-    views = [a for a in alias - {x} if a in later or a in e.inputs[1:]]
-    return x in later or x in e.inputs[1:], views
+def _sharing(em, x, e):
+    """(whether something other than ``e`` reads ``x`` when or after ``e`` runs, or ``e``
+    reads it twice; [(a, certain)]: the other values that may be x's buffer or part of it and
+    are read when or after ``e`` runs): views of ``x`` (certain), results of regions given
+    ``x`` or such a value that may be it and that the region did not make fresh (uncertain: a
+    loop may hand back its initial value, a branch its operand; control.passes_through),
+    views of those (uncertain). Equations run in
+    the scheduled order (fused loops take in later equations), not the graph's."""
+    if em.passing is None:  # (position, equation) of those that may pass an array on
+        em.passing = [(k, q) for k, q in enumerate(em.g.eqns)
+                      if q.prim in _VIEW_PRIMS or C.subgraphs(q)]
+        em.at = {id(q): k for k, q in enumerate(em.g.eqns)}
+    made = em.producer.get(x)
+    start = -1 if made is None else em.at[id(made)]
+    pos = em.order.get(id(e), -1)
+    alias = {x: True}
+    for k, q in em.passing:  # (those that run later read what they pass on: counted below)
+        if k <= start or em.order.get(id(q), pos) >= pos:
+            continue
+        if q.prim in _VIEW_PRIMS and isinstance(q.inputs[0], Var) and q.inputs[0] in alias \
+                and q.outputs[0].aval.ndim and q.outputs[0] not in em.sc:
+            alias[q.outputs[0]] = alias[q.inputs[0]]
+        elif C.subgraphs(q) and any(isinstance(a, Var) and a in alias for a in q.inputs):
+            for v, js in zip(q.outputs, C.passes_through(q)):  # may hand it back
+                if any(q.inputs[j] in alias for j in js) and v not in em.fresh \
+                        and v not in em.sc:
+                    alias.setdefault(v, False)
+    del alias[x]
+    twice = sum(a is x for a in e.inputs) > 1
+    return twice or em.read_from(x, e), [(a, c) for a, c in alias.items()
+                                         if em.read_from(a, e) or any(b is a for b in e.inputs)]
+
+
+def _shared_test(em, x, maybe):
+    """The run-time test that ``x`` shares its buffer with any of ``maybe``."""
+    return " or ".join(f"gj_shares({em.n(x)}, {em.n(a)})" for a in maybe)
+
+
+def _in_place(em, x, e, copy_views=False):
+    """The text of the array that ``e`` writes its result into, taking over its operand ``x``:
+    ``x`` itself where the kernel made it and nothing reads it, nor a value that may share it,
+    after ``e``; else a copy of it, made only at run time when the sharing depends on the run
+    (see ``_sharing``). ``copy_views``: copy the views of ``x`` read later instead of ``x``
+    (they keep the old elements)."""
+    if not isinstance(x, Var) or x not in em.fresh:
+        return f"{em.n(x)}.copy()"
+    read, shared = _sharing(em, x, e)
+    if read:
+        return f"{em.n(x)}.copy()"
+    if copy_views:
+        for a, certain in shared:
+            if certain:  # keep what they see: the old elements
+                em.emit(f"{em.n(a)} = {em.n(a)}.copy()")
+                em.fresh.add(a)
+        shared = [(a, c) for a, c in shared if not c]
+    if any(c for _, c in shared):
+        return f"{em.n(x)}.copy()"
+    if shared:
+        return f"({em.n(x)}.copy() if {_shared_test(em, x, [a for a, _ in shared])} " \
+               f"else {em.n(x)})"
+    return em.n(x)
 
 
 @rule(P.slice_set_p)
@@ -1332,12 +1394,7 @@ def _slice_set(em, e):
     spec = e.p["spec"]
     vals, _ = P._split_dyn(spec, e.p["sizes"], e.inputs[2:])
     v = e.outputs[0]
-    read, views = _old_value_readers(em, x, e)
-    in_place = x in em.fresh and not read
-    if in_place:
-        for a in views:  # keep what they see: the old elements
-            em.emit(f"{em.n(a)} = {em.n(a)}.copy()")
-            em.fresh.add(a)
-    em.emit(f"{em.n(v)} = {em.n(x)}{'' if in_place else '.copy()'}", comment=em.eqn_text(e))
+    src = _in_place(em, x, e, copy_views=True)
+    em.emit(f"{em.n(v)} = {src}", comment=em.eqn_text(e))
     em.fresh.add(v)
     em.emit(f"{em.n(v)}[{_index_text(em, spec, vals)}] = {em.n(val)}")
