@@ -9,7 +9,7 @@ import sys
 import time
 
 from ..compiler import passes, pytree
-from ..compiler.codegen import cpu
+from ..compiler.codegen.backend import backend_for
 from ..compiler.ir import verify
 from ..compiler.transforms import assembler, trace, transform_spec
 from ..errors import GradjitError
@@ -58,7 +58,8 @@ class Lowered:
         self.optimized = passes.optimize(graph)
         if DEBUG >= 2:
             print(f"[gradjit] {kind} {self.traced.qualname}:\n{self.optimized}", file=sys.stderr)
-        self.source = cpu.emit_source(self.optimized, what=what, target=self.target)
+        self.backend = backend_for(self.target)
+        self.source = self.backend.emit_source(self.optimized, what, self.target)
 
     def compile_kernel(self, kernel, outs=()):
         """Compile (or load from numba's cache) for the argument types of this signature now,

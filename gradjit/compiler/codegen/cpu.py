@@ -27,6 +27,7 @@ from ...errors import GradjitError
 from .. import primitives as P
 from ..ir import Lit, Namer, Var, fmt_aval
 from .schedule import Loop, drop_copies, is_small, row_matmul, schedule
+from .backend import Backend
 
 # fastmath flags, set here only (``_decorator``). 'contract' fuses multiply-adds (one rounding
 # fewer); nothing else, so nan, inf and -0.0 give numpy's results: not 'nnan'/'ninf' (assume
@@ -972,6 +973,19 @@ def emit_source(graph, what="kernel", target="cpu", jit=True, fname="kernel", he
                + _function(small, target, jit, f"{fname}_into", rename=True, guard=sizes,
                            into=True))
     return (HEADER.format(what=what) if header else "") + fn
+
+
+class CpuBackend(Backend):
+    """numba ``@njit`` kernels: ``cpu`` one core, ``parallel`` (``prange``) every core."""
+
+    name = "cpu"
+    targets = ("cpu", "parallel")
+
+    def emit_source(self, graph, what, target):
+        return emit_source(graph, what=what, target=target)
+
+
+BACKEND = CpuBackend()
 
 
 def _function(graph, target, jit, fname, rename, guard=None, into=False):
