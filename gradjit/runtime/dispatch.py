@@ -17,7 +17,8 @@ from . import manifests
 from .check import differential, options
 from .compiled import Lowered, static_args
 from .entry import shapes_text
-from .loader import compiled_for, into_runner
+from .loader import into_runner
+from .numba_internals import compiled_for, fingerprint_function
 from .signature import TOKENS, arg_key, prepare
 from .state import DEBUG, disk_cache, live, stats
 from .vmap import Batched
@@ -219,8 +220,8 @@ def _set_fast(fast, entry, args):
     not see), nor for arguments the fingerprint cannot tell apart from another key: a
     Python float and a numpy float64 scalar print alike but promote differently (a Python
     float is weak), so their exact types are checked at each call."""
-    global fingerprint
-    from numba._dispatcher import compute_fingerprint as fingerprint
+    global fingerprint  # this module's own hot-path function, set once numba is imported
+    fingerprint = fingerprint_function()
 
     if any(type(a) is np.ndarray and 1 in a.shape for a in args):
         return

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from ..errors import GradjitError
+from .numba_internals import enabled as internals_checked, load_without_refresh
 from .state import disk_cache, open_disk_cache, stats
 
 
@@ -82,17 +83,6 @@ def versions():
             f"helpers={stamp}")
 
 
-def compiled_for(disp, args):
-    """The compiled function numba's dispatcher ``disp`` runs for ``args``: called directly,
-    it skips the dispatcher's own type matching (the caller has matched the types)."""
-    import numba
-
-    try:
-        return disp.overloads[tuple(numba.typeof(a) for a in args)].entry_point
-    except Exception:  # not a CPU dispatcher, or typed otherwise: the dispatcher still works
-        return disp
-
-
 # numba's BLAS and LAPACK calls find their function pointers at the first call by importing
 # scipy.linalg.cython_blas / cython_lapack; importing those through their package imports all
 # of scipy.linalg (about half a second). A kernel that needs them gets just the two extension
@@ -134,6 +124,7 @@ def preload_capi(names):
 
 
 def numba_compile(kernel, vals, what):
+    internals_checked()  # an untested numba version stops here, before any kernel runs
     import numba
     from numba.core.errors import NumbaError
     try:
@@ -144,29 +135,9 @@ def numba_compile(kernel, vals, what):
 
 
 def numba_load(kernel, vals, what):
-    """``numba_compile`` of a kernel expected in numba's object-code cache, without the
-    full refresh of numba's CPU target that loading begins with (importing every
-    implementation registry, and scipy for a BLAS probe: most of a new process's first call).
-    Loading object code needs only numba's runtime (NRT) initialised; should numba compile
-    instead (a cache miss), its compiler refreshes the target as usual."""
-    try:
-        from numba.core.compiler_lock import global_compiler_lock
-        from numba.core.runtime import rtsys
-        ctx = kernel.targetctx
-    except (ImportError, AttributeError):  # another numba: the plain way
-        return numba_compile(kernel, vals, what)
-    with global_compiler_lock:  # no other thread compiles while refresh is replaced
-        if "refresh" in vars(ctx):
-            return numba_compile(kernel, vals, what)
-
-        def once():
-            del ctx.refresh  # the next refresh (a compile) is the real one
-            rtsys.initialize(ctx)
-        ctx.refresh = once
-        try:
-            numba_compile(kernel, vals, what)
-        finally:
-            vars(ctx).pop("refresh", None)
+    """``numba_compile`` of a kernel expected in numba's object-code cache, skipping the
+    target refresh that loading object code does not need (numba_internals)."""
+    return load_without_refresh(kernel, lambda: numba_compile(kernel, vals, what))
 
 
 def entry_point(mod):
