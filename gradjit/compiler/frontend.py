@@ -15,11 +15,14 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import functools
 import linecache
 import math
 import operator
 import os
+import threading
 import types
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +30,7 @@ import numpy as np
 from ..errors import GradjitError, TraceError, at
 from . import aliasing
 from . import control as C
-from . import numpy_api
+from . import normalize, numpy_api
 from . import primitives as P
 from . import tracing as _tracing
 from .avals import aval_for
@@ -37,7 +40,36 @@ from .tracing import Tracer, location
 # Reading the user's source
 # ---------------------------------------------------------------------------------------------
 
-_file_asts = {}
+class _LRU:
+    """A small thread-safe least-recently-used map (traces may run in several threads)."""
+
+    def __init__(self, size):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, default=None):
+        with self.lock:
+            if key not in self.items:
+                return default
+            self.items.move_to_end(key)
+            return self.items[key]
+
+    def put(self, key, value):
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def pop(self, key):
+        with self.lock:
+            return self.items.pop(key, None)
+
+
+# Parsed source files: filename -> (parsed (tree, text) or None, the one before the file was
+# last edited, (mtime, size) it was read at). Bounded because a long session (a notebook, a
+# server reloading modules) may trace functions from any number of files; a whole module's AST
+# is large, and a file evicted is only parsed again when one of its functions is next looked up.
+_file_asts = _LRU(64)
 
 
 def _file_ast(filename):
@@ -46,20 +78,22 @@ def _file_ast(filename):
         stamp = (st.st_mtime_ns, st.st_size)
     except OSError:
         stamp = None
+    entry = _file_asts.get(filename)
+    if entry is not None and entry[2] == stamp:
+        return entry[0]
     prev = None
-    if filename in _file_asts and _file_asts[filename][2] != stamp:
+    if entry is not None:
         linecache.checkcache(filename)
-        prev = _file_asts.pop(filename)[0]  # functions compiled before the edit live here
-    if filename not in _file_asts:
-        lines = linecache.getlines(filename)
-        parsed = None
-        if lines:
-            try:
-                parsed = (ast.parse("".join(lines), filename), "".join(lines))
-            except SyntaxError:
-                parsed = None
-        _file_asts[filename] = (parsed, prev, stamp)
-    return _file_asts[filename][0]
+        prev = entry[0]  # functions compiled before the edit live here
+    lines = linecache.getlines(filename)
+    parsed = None
+    if lines:
+        try:
+            parsed = (ast.parse("".join(lines), filename), "".join(lines))
+        except SyntaxError:
+            parsed = None
+    _file_asts.put(filename, (parsed, prev, stamp))
+    return parsed
 
 
 def _previous_ast(filename):
@@ -67,24 +101,36 @@ def _previous_ast(filename):
     return entry[1] if entry else None
 
 
-_fn_nodes = {}
+# Each function's node, by the identity of its code object (two functions of different files
+# can have equal code objects), with the code object kept so that its id is not reused.
+# Bounded because functions made at run time (exec, closures of reloaded modules) each bring
+# a code object; a function evicted is looked up in its file's AST again.
+_fn_nodes = _LRU(1024)
 
 
 def function_node(fn):
     """(FunctionDef | Lambda node, file text) of a Python function, found in its file."""
     code = fn.__code__
-    if code in _fn_nodes:
-        return _fn_nodes[code]
+    hit = _fn_nodes.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
     parsed = _file_ast(code.co_filename)
     if parsed is None:
         raise TraceError(f"cannot read the source of {fn.__qualname__} (defined in "
                          f"{code.co_filename}); gradjit compiles functions defined in files")
-    for tree, text in [parsed] + ([_previous_ast(code.co_filename)] if _previous_ast(code.co_filename) else []):
+    prev = _previous_ast(code.co_filename)
+    for tree, text in [parsed] + ([prev] if prev else []):
         found = _find_function(fn, tree)
         if found is not None:
-            _fn_nodes[code] = (found, text)
-            return _fn_nodes[code]
+            _fn_nodes.put(id(code), (code, (found, text)))
+            return found, text
     raise TraceError(f"cannot find the source of {fn.__qualname__} in {code.co_filename}")
+
+
+# A function's body with its early exits made flag variables (normalize.py), by node identity.
+# Bounded as ``_fn_nodes`` is, and for the same reason; defs nested in traced code are
+# normalised when called, each once.
+_normalized = functools.lru_cache(maxsize=1024)(normalize.normalize)
 
 
 def _find_function(fn, tree):
@@ -136,40 +182,26 @@ class StagedFunction:
         raise TraceError(f"{self.name} cannot be called outside the traced function")
 
 
-class _Signal(Exception):
-    pass
-
-
-class _Return(_Signal):
-    def __init__(self, value):
-        self.value = value
-
-
-class _Break(_Signal):
-    pass
-
-
-class _Continue(_Signal):
-    pass
-
-
 # -- control flow helpers (see Interpreter.stmt_If) -----------------------------------------------
 
-_FLAGS = ("$ret", "$brk", "$cont")  # set when a return/break/continue happened on some path
 _MISSING = object()
 
 
 class _Undefined:
     """The value of a name unbound on some path (bound in one branch only, or first bound in a
-    loop whose trip count is known only at run time): reading it is an error."""
+    loop whose trip count is known only at run time): reading it is an error. ``whole``: the
+    message says it all (else it follows the name)."""
 
-    __slots__ = ("msg",)
+    __slots__ = ("msg", "whole")
 
-    def __init__(self, msg):
+    def __init__(self, msg, whole=False):
         self.msg = msg
+        self.whole = whole
 
 
-class _NeedRetval(_Signal):
+class _NeedRetval(Exception):
+    """A loop body returned a value that the loop does not carry yet (see ``_dyn_loop``)."""
+
     def __init__(self, value):
         self.value = value
 
@@ -190,11 +222,23 @@ class DynRange:
 class _Names:
     """Error-message names of a cond's values (filled by ``_merge_envs``)."""
 
-    def __init__(self):
+    def __init__(self, retval=None):
         self.names = []
+        self.retval = retval
 
     def __call__(self, k):
-        return f"'{self.names[k]}'" if k < len(self.names) else "a value of this if"
+        if k >= len(self.names):
+            return "a value of this if"
+        shown = self.names[k]
+        return "the return value" if shown == _shown(self.retval, self.retval) else f"'{shown}'"
+
+
+_NO_LOOP_INFO = normalize.LoopInfo()
+
+
+def _loop_info(node):
+    """What normalize.py noted on a loop (nothing, for a loop it left as it was)."""
+    return getattr(node, "gj_loop", None) or _NO_LOOP_INFO
 
 
 def _flatten(x):
@@ -239,9 +283,16 @@ def _and(a, b):
     return P.logical_and(a, b)
 
 
-def _merge_envs(before, a, b, where):
+def _shown(name, retval):
+    """A local's name as error messages show it."""
+    return "return value" if retval is not None and name == retval else name
+
+
+def _merge_envs(before, a, b, where, retval=None, fn_name=""):
     """Line up the locals after the two branches of an `if` (see ``control.cond``): the names
-    either branch rebinds become the cond's values."""
+    either branch rebinds become the cond's values. ``retval``: the name of the function's
+    return value (normalize.py), which the path that did not return leaves unbound: that
+    side is filled with zeros (the flag that says which side returned is joined too)."""
     names = []
     for env in (a, b):
         for n, v in env.items():
@@ -253,16 +304,19 @@ def _merge_envs(before, a, b, where):
     ta, tb, plan = [], [], []
     for n in names:
         x, y = a.get(n, _MISSING), b.get(n, _MISSING)
-        if n in _FLAGS:
-            x, y = (False if v is _MISSING else v for v in (x, y))
-        if n == "$retval" and (x is _MISSING or y is _MISSING):
-            v = y if x is _MISSING else x
-            lv, tree = _flatten(v)
-            fill = [None if _is_value(z) else z for z in lv]
-            plan.append((n, tree, len(lv)))
-            ta += lv if x is not _MISSING else fill
-            tb += lv if y is not _MISSING else fill
-            continue
+        if n == retval:
+            undefined = _retval_undefined(x, y, fn_name)
+            if undefined is not None:
+                plan.append((n, undefined, 0))
+                continue
+            if x is _MISSING or y is _MISSING:
+                v = y if x is _MISSING else x
+                lv, tree = _flatten(v)
+                fill = [None if _is_value(z) else z for z in lv]
+                plan.append((n, tree, len(lv)))
+                ta += lv if x is not _MISSING else fill
+                tb += lv if y is not _MISSING else fill
+                continue
         if x is _MISSING or y is _MISSING or isinstance(x, _Undefined) or isinstance(y, _Undefined):
             plan.append((n, _Undefined(f"is bound in only one branch of the if at {where} (or "
                                        "in neither); bind it before the if or in both branches"), 0))
@@ -276,22 +330,27 @@ def _merge_envs(before, a, b, where):
         plan.append((n, tx, len(lx)))
         ta += lx
         tb += ly
-    leaf_names = [n.lstrip("$") for n, t, c in plan for _ in range(c)]
+    leaf_names = [_shown(n, retval) for n, t, c in plan for _ in range(c)]
 
     def finish(vals):
         env = dict(before)
         it = iter(vals)
         for n, tree, c in plan:
-            if isinstance(tree, _Undefined):
-                env[n] = tree
-                continue
-            v = _unflatten(tree, it)
-            if n in _FLAGS and v is False:
-                env.pop(n, None)
-            else:
-                env[n] = v
+            env[n] = tree if isinstance(tree, _Undefined) else _unflatten(tree, it)
         return env
     return ta, tb, finish, leaf_names
+
+
+def _retval_undefined(x, y, fn_name):
+    """The return value after an if where one side returned None (reached the end of the
+    function) and the other a value: an error where it is returned. None: no error."""
+    for v in (x, y):
+        if isinstance(v, _Undefined):
+            return v
+    if x is not _MISSING and y is not _MISSING and (x is None) != (y is None):
+        return _Undefined(f"{fn_name} returns a value on some paths and reaches its end "
+                          "(returning None) on others", whole=True)
+    return None
 
 
 def _assigned_names(nodes):
@@ -391,20 +450,6 @@ def _producer_anywhere(v):
 _VIEW_PRIMS = (P.slice_p, P.reshape_p, P.transpose_p, P.broadcast_to_p)
 
 
-def _contains(nodes, kind):
-    """Whether ``kind`` (ast.Break or ast.Return) occurs in ``nodes`` and belongs to them: a
-    break inside a nested loop's body belongs to that loop; nothing in a nested def does."""
-    def visit(n):
-        if isinstance(n, kind):
-            return True
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            return False
-        if kind is ast.Break and isinstance(n, (ast.For, ast.While, ast.AsyncFor)):
-            return any(visit(c) for c in n.orelse)
-        return any(visit(c) for c in ast.iter_child_nodes(n))
-    return any(visit(n) for n in nodes)
-
-
 @dataclass
 class Frame:
     fn_name: str
@@ -414,6 +459,8 @@ class Frame:
     locals: dict = field(default_factory=dict)
     parent: "Frame | None" = None  # for defs nested in traced code
     inputs: list = field(default_factory=list)  # the arrays it was called with: never written
+    retval: str | None = None  # the name of the return value (normalize.py), if it has one
+    result: object = None  # the value of the function's (last statement's) return
 
 
 @dataclass(eq=False)
@@ -603,11 +650,10 @@ class Interpreter:
                 self.loc = self.where(node)
                 with location(self.loc):
                     return self.expr(node.body)
-            try:
-                self.block(node.body)
-            except _Return as r:
-                return r.value
-            return self._fell_off(node)  # control flow: a return under a dynamic condition
+            node = _normalized(node)  # early exits made flags: only a last statement returns
+            new.retval = getattr(node, "gj_retval", None)
+            self.block(node.body)
+            return new.result
         finally:
             self.frame = saved
             self.depth -= 1
@@ -665,11 +711,8 @@ class Interpreter:
     # -- statements ----------------------------------------------------------------------------
 
     def block(self, stmts):
-        for k, s in enumerate(stmts):
+        for s in stmts:
             self.stmt(s)
-            if any(f in self.frame.locals for f in _FLAGS):  # control flow (see _after_exit)
-                self._after_exit(stmts[k + 1:])
-                return
 
     def stmt(self, node):
         self.loc = self.where(node)
@@ -679,7 +722,7 @@ class Interpreter:
         with location(self.loc):
             try:
                 handler(node)
-            except (_Signal, GradjitError):
+            except (_NeedRetval, GradjitError):
                 raise
             except RecursionError:
                 raise
@@ -692,8 +735,8 @@ class Interpreter:
     def stmt_Pass(self, node):
         pass
 
-    def stmt_Return(self, node):
-        raise _Return(None if node.value is None else self.expr(node.value))
+    def stmt_Return(self, node):  # the function's last statement (normalize.py)
+        self.frame.result = None if node.value is None else self.expr(node.value)
 
     def stmt_Assign(self, node):
         value = self.expr(node.value)
@@ -834,9 +877,11 @@ class Interpreter:
     # A static test or trip count is decided here. A dynamic one becomes a structured region
     # (control.py): both branches of an `if` are interpreted, each in a copy of the locals, and
     # the names they bind are joined by the `cond` (an SSA phi); a loop carries the names its
-    # body rebinds. break/continue/return under a dynamic test set flags kept among the locals
-    # ($brk, $cont, $ret with the value in $retval); `block` then runs the rest of the block
-    # under `if not flag`, so the IR stays structured.
+    # body rebinds. break/continue/return are flag variables by now (normalize.py): a flag set
+    # under a dynamic test is a traced boolean like any other value, and the code after it
+    # runs under `if not flag`, so the IR stays structured. The flags a loop notes as its exits
+    # (``normalize.LoopInfo``) stop its unrolling once set for certain, and make a loop with a
+    # trip count known only at run time a `while` that tests them.
 
     def stmt_If(self, node):
         test = self.expr(node.test)
@@ -859,27 +904,20 @@ class Interpreter:
         """Interpret ``then_run``/``else_run`` as the two regions of a ``cond`` on ``pred``."""
         before, saved_loc = self.frame.locals, self.loc
         where = self.where(node)
+        retval, fn_name = self.frame.retval, self.frame.fn_name
 
         def arm(run):
             def fn():
                 self.frame.locals = dict(before)
-                try:
-                    run()
-                except _Break:
-                    self.frame.locals["$brk"] = True
-                except _Continue:
-                    self.frame.locals["$cont"] = True
-                except _Return as r:
-                    self.frame.locals["$ret"] = True
-                    self.frame.locals["$retval"] = r.value
+                run()
                 return self.frame.locals
             return fn
-        names = _Names()
+        names = _Names(retval)
         arms = []
 
         def merge(a, b):
             arms[:] = [a, b]
-            ta, tb, finish, names.names = _merge_envs(before, a, b, where)
+            ta, tb, finish, names.names = _merge_envs(before, a, b, where, retval, fn_name)
             return ta, tb, finish
         try:
             env = C.cond(pred, arm(then_run), arm(else_run), merge, what=names)
@@ -888,53 +926,12 @@ class Interpreter:
         self.aliases.branch(arms, env, list(before.values()) + list(self.frame.inputs), where)
         self.frame.locals = env
 
-    def _after_exit(self, rest):
-        """A break/continue/return flag was set: raise it if it is certain, else run the rest
-        of the block only where no flag is set."""
-        self._raise_certain()
-        if rest:
-            self._guarded(lambda: self.block(rest), rest[0])
-            self._raise_certain()
-
-    def _raise_certain(self):
-        loc = self.frame.locals
-        if loc.get("$ret") is True:
-            value = loc.pop("$retval", None)
-            for f in _FLAGS:
-                loc.pop(f, None)
-            raise _Return(value)
-        for f, signal in (("$brk", _Break), ("$cont", _Continue)):
-            if loc.get(f) is True:
-                loc.pop(f)
-                raise signal()
-
-    def _guarded(self, run, node, flags=_FLAGS):
-        """``run()`` under `if not (the dynamic flags)`."""
-        loc = self.frame.locals
-        dyn = [f for f in flags if isinstance(loc.get(f), Tracer)]
-        if not dyn:
-            return run()
-        exited = loc[dyn[0]] if len(dyn) == 1 else P.logical_or(loc[dyn[0]], loc[dyn[1]])
-        for f in dyn[2:]:
-            exited = P.logical_or(exited, loc[f])
-
-        def go():
-            for f in dyn:
-                self.frame.locals.pop(f)  # known to be false here
-            run()
-
-        def skip():
-            if len(dyn) == 1:
-                self.frame.locals[dyn[0]] = True  # the only way here
-        self._branch(P.logical_not(exited), go, skip, node)
-
-    def _fell_off(self, node):
-        """The end of a function reached with a return under a dynamic test."""
-        loc = self.frame.locals
-        if "$ret" in loc and loc.get("$retval") is not None:
-            self.fail(node, f"{self.frame.fn_name} returns a value on some paths and reaches its "
-                      "end (returning None) on others")
-        return None
+    def _exited(self, exits):
+        """Whether one of a loop's exit flags is set for certain (a break or return taken on
+        every path, known while tracing): (any set for certain, any set on some runs)."""
+        vals = [self.frame.locals.get(f, False) for f in exits]
+        return (any(v for v in vals if not isinstance(v, Tracer)),
+                any(isinstance(v, Tracer) for v in vals))
 
     def stmt_For(self, node):
         it = self.expr(node.iter)
@@ -952,55 +949,39 @@ class Interpreter:
             return self._dyn_loop(node, DynRange(it.start, it.stop, it.step))
         if not hasattr(it, "__iter__"):
             self.fail(node, f"cannot iterate over {type(it).__name__}")
-        broke = False
+        exits = _loop_info(node).exits
         for v in list(it):  # a static iteration space: unrolled
-            def one(v=v):
-                self.assign(node.target, v)
-                try:
-                    self.block(node.body)
-                except _Continue:
-                    pass
-                self.frame.locals.pop("$cont", None)
-            try:
-                self._guarded(one, node, ("$ret", "$brk"))  # after a dynamic break: guarded
-            except _Break:
-                broke = True
-                break
-        self._loop_else(node, broke)
-
-    def _loop_else(self, node, broke):
-        if node.orelse and not broke:
-            self._guarded(lambda: self.block(node.orelse), node, ("$ret", "$brk"))
-        self.frame.locals.pop("$brk", None)
-        self.frame.locals.pop("$cont", None)
+            if self._exited(exits)[0]:
+                break  # after an exit on some runs only, the body's guard makes each a cond
+            self.assign(node.target, v)
+            self.block(node.body)
 
     def stmt_While(self, node):
+        info = _loop_info(node)
+        test_node = info.test or node.test  # ``node.test`` also tests the exit flags
         count = 0
         while True:
-            if "$brk" in self.frame.locals or "$ret" in self.frame.locals:
+            certain, dynamic = self._exited(info.exits)
+            if dynamic:
                 return self._dyn_loop(node)  # a dynamic break: the rest is a loop in the IR
-            test = self.expr(node.test)
+            if certain:
+                return
+            test = self.expr(test_node)
             if isinstance(test, Tracer):
                 return self._dyn_loop(node)
             if not test:
-                break
+                return
             count += 1
             if count > 10000:
                 self.fail(node, "a while loop with a static condition ran 10000 times while tracing")
-            try:
-                self.block(node.body)
-            except _Break:
-                self.frame.locals.pop("$cont", None)
-                return
-            except _Continue:
-                pass
-            self.frame.locals.pop("$cont", None)
-        self._loop_else(node, False)
+            self.block(node.body)
 
     def _dyn_loop(self, node, rng=None, elem=None):
         """A loop whose trip count is known only at run time: the names bound before it that
-        its body rebinds are carried; break and return become carried flags. ``rng``: a `for`
-        over a range (``elem(i)`` gives the target's value), else a `while`."""
+        its body rebinds are carried, and so are its exit flags and the return value (a loop
+        with exits is a `while`, a `for` one carrying its index). ``rng``: a `for` over a range
+        (``elem(i)`` gives the target's value), else a `while`."""
+        info = _loop_info(node)
         before = self.frame.locals
         where = self.where(node)
         grows = _mutated_containers(node.body, before)
@@ -1008,14 +989,42 @@ class Interpreter:
             self.fail(node, f"the loop changes the Python container '{grows[0]}' but runs a "
                       "number of times known only at run time; build arrays with np.zeros "
                       "and np.concatenate, or make the trip count static")
-        targets = _assigned_names([node.target]) if rng is not None else []
-        assigned = _assigned_names(node.body + ([node.test] if rng is None else []))
-        for n, store in _stored_names(node.body):  # out[i] = v rebinds `out`: it is carried
+        targets = _assigned_names([node.target] + ([info.target] if info.target else [])) \
+            if rng is not None else []
+        assigned = _assigned_names(node.body + ([info.test or node.test] if rng is None else []))
+        self._carry_written(node, before, assigned)
+        retval = self.frame.retval
+        fixed = set(targets) | set(info.scratch) | set(info.exits) | {retval}
+        state = [n for n in assigned if n not in fixed and n in before
+                 and not isinstance(before[n], _Undefined)] + list(info.exits)
+        if retval in assigned and not isinstance(before.get(retval, _Undefined("")), _Undefined):
+            state.append(retval)
+        inits = [before.get(n, False) for n in state]  # an exit flag: false before the loop
+        while True:
+            try:
+                env = self._dyn_loop_trace(node, rng, elem, before, state, inits)
+                break
+            except _NeedRetval as r:  # a return inside: carry its value from a zero start
+                state, inits = state + [retval], inits + [_zeros_like(r.value)]
+        for n in assigned:
+            if n not in state:
+                env[n] = _Undefined(f"is first bound inside the loop at {where}, which runs a "
+                                    "number of times known only at run time; bind it before "
+                                    "the loop")
+        for n in targets:
+            env[n] = _Undefined(f"is the variable of the loop at {where}, which runs a number "
+                                "of times known only at run time; it has no value after the loop")
+        self.frame.locals = env
+
+    def _carry_written(self, node, before, assigned):
+        """`out[i] = v` in the body rebinds `out`: it is carried (added to ``assigned``), and
+        the other names of that array are not."""
+        for n, store in _stored_names(node.body):
             if n in before and isinstance(before[n], (Tracer, np.ndarray)):
                 self.loc = self.where(store)
                 with location(self.loc):
                     self._check_writable(store, n, before[n])
-                for m, v in list(before.items()):  # other names of that array are not carried
+                for m, v in list(before.items()):
                     if m != n and (v is before[n] or _is_view_of(v, before[n])):
                         before[m] = _Undefined(
                             f"names the same array as '{n}', which is written into in the loop "
@@ -1025,45 +1034,18 @@ class Interpreter:
                         before[m] = _Undefined(aliasing.in_loop(c, m, n, self.where(store)))
             if n not in assigned:
                 assigned.append(n)
-        state = [n for n in assigned if n not in targets and n in before
-                 and not isinstance(before[n], _Undefined)]
-        flags = [f for f, kind in (("$brk", ast.Break), ("$ret", ast.Return))
-                 if f in before or _contains(node.body, kind)]
-        retval = before.get("$retval", _MISSING) if "$ret" in flags else _MISSING
-        while True:
-            try:
-                env = self._dyn_loop_trace(node, rng, elem, before, state, flags, retval)
-                break
-            except _NeedRetval as r:  # a return inside: carry its value from a zero start
-                retval = _zeros_like(r.value)
-        for n in assigned:
-            if n not in state:
-                env[n] = _Undefined(f"is first bound inside the loop at {where}, which runs a "
-                                    "number of times known only at run time; bind it before "
-                                    "the loop")
-        for n in targets:
-            env[n] = _Undefined(f"is the variable of the loop at {where}, which runs a number "
-                                "of times known only at run time; it has no value after the loop")
-        if not isinstance(env.get("$ret", False), Tracer) and env.get("$ret") is not True:
-            env.pop("$ret", None)
-            env.pop("$retval", None)
-        if env.get("$brk") is False:
-            env.pop("$brk")
-        self.frame.locals = env
-        self._loop_else(node, False)
 
-    def _dyn_loop_trace(self, node, rng, elem, before, state, flags, retval):
-        names = state + flags + (["$retval"] if retval is not _MISSING else [])
-        inits = [before[n] for n in state] + [before.get(f, False) for f in flags]
-        if retval is not _MISSING:
-            inits.append(retval)
+    def _dyn_loop_trace(self, node, rng, elem, before, names, inits):
+        """Trace the loop's regions on the carried ``names`` (starting at ``inits``); the
+        locals after it."""
+        info, retval = _loop_info(node), self.frame.retval
         flat, trees = [], []
         for v in inits:
             leaves, tree = _flatten(v)
             flat += leaves
             trees.append((tree, len(leaves)))
-        leaf_names = [n.lstrip("$") for n, (_, c) in zip(names, trees) for _ in range(c)]
-        use_while = rng is None or bool(flags)
+        leaf_names = [_shown(n, retval) for n, (_, c) in zip(names, trees) for _ in range(c)]
+        use_while = rng is None or bool(info.exits)
         if rng is not None and use_while:  # the index becomes a carried value
             flat = [C._int(rng.start)] + flat
             leaf_names = ["loop index"] + leaf_names
@@ -1079,33 +1061,16 @@ class Interpreter:
         def body_fn(*args):
             i, vals = (args[0], args[1:]) if rng is not None else (None, args)
             env = enter(vals)
-            for f in _FLAGS:
-                env.pop(f, None)  # an iteration starts with nothing pending
+            for f in info.exits:
+                env[f] = False  # an iteration starts with no exit taken (the loop's test)
             if rng is not None:
                 self.assign(node.target, elem(i) if elem else i)
-            try:
-                self.block(node.body)
-            except _Break:
-                self.frame.locals["$brk"] = True
-            except _Continue:
-                pass
-            except _Return as r:
-                self.frame.locals["$ret"] = True
-                self.frame.locals["$retval"] = r.value
+            self.block(node.body)
             out = self.frame.locals
-            if "$retval" in out and "$retval" not in names:
-                raise _NeedRetval(out["$retval"])
-            leaves = []
-            for n, (tree, _) in zip(names, trees):
-                v = out.get(n, False) if n in _FLAGS else out.get(n, _MISSING)
-                if n == "$retval" and v is _MISSING:
-                    v = env[n]
-                if v is _MISSING or isinstance(v, _Undefined):
-                    self.fail(node, f"'{n}' is unbound at the end of the loop body")
-                lv, t2 = _flatten(v)
-                if t2 != tree:
-                    self.fail(node, f"'{n}' changes structure inside the loop")
-                leaves += lv
+            if retval is not None and retval not in names and \
+                    out.get(retval, _MISSING) is not before.get(retval, _MISSING):
+                raise _NeedRetval(out[retval])
+            leaves = self._carried_leaves(node, names, trees, out)
             if rng is not None and use_while:
                 leaves = [P.add(i, rng.step)] + leaves
             return leaves
@@ -1120,9 +1085,9 @@ class Interpreter:
                 else:
                     ok = P.lt(i, rng.stop) if step > 0 else P.gt(i, rng.stop)
             else:
-                t = self.expr(node.test)
+                t = self.expr(info.test or node.test)
                 ok = self._truth(t, node) if isinstance(t, Tracer) else bool(t)
-            for f in flags:
+            for f in info.exits:
                 v = env.get(f, False)
                 ok = _and(ok, P.logical_not(v) if isinstance(v, Tracer) else (not v))
             return [ok]
@@ -1148,11 +1113,19 @@ class Interpreter:
             env[n] = _unflatten(tree, it)
         return env
 
-    def stmt_Break(self, node):
-        raise _Break()
-
-    def stmt_Continue(self, node):
-        raise _Continue()
+    def _carried_leaves(self, node, names, trees, out):
+        """The leaves of the carried ``names`` at the end of an iteration (locals ``out``)."""
+        leaves = []
+        for n, (tree, _) in zip(names, trees):
+            v = out.get(n, _MISSING)
+            shown = _shown(n, self.frame.retval)
+            if v is _MISSING or isinstance(v, _Undefined):
+                self.fail(node, f"'{shown}' is unbound at the end of the loop body")
+            lv, t2 = _flatten(v)
+            if t2 != tree:
+                self.fail(node, f"'{shown}' changes structure inside the loop")
+            leaves += lv
+        return leaves
 
     def stmt_FunctionDef(self, node):
         if node.decorator_list:
@@ -1202,7 +1175,8 @@ class Interpreter:
             if name in f.locals:
                 v = f.locals[name]
                 if isinstance(v, _Undefined):  # control flow: unbound on some path
-                    self.fail(node, f"'{name}' {v.msg}")
+                    who = "the return value" if name == f.retval else f"'{name}'"
+                    self.fail(node, v.msg if v.whole else f"{who} {v.msg}")
                 return v
             if name in f.closure:
                 cell = f.closure[name]
@@ -1383,6 +1357,8 @@ class Interpreter:
                 acc = self.expr(v)
                 continue
             rhs = self.expr(v)
+            if isinstance(rhs, (bool, np.bool_)) and acc.dtype == np.bool_ and bool(rhs) == is_and:
+                continue  # `flag and True`, `flag or False` are the flag itself
             acc = (P.logical_and if is_and else P.logical_or)(acc, rhs)
         return acc
 
@@ -1556,8 +1532,6 @@ def has_array(x):
         return any(has_array(v) for v in x.values())
     return False
 
-
-import functools  # noqa: E402
 
 _functools_partial = functools.partial
 
