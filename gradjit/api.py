@@ -84,4 +84,4 @@ def stop_gradient(x):
     return x
 
 
-numpy_api.FUNCTIONS[stop_gradient] = _stop_gradient_op  # traced calls emit the primitive
+numpy_api.implements(stop_gradient)(_stop_gradient_op)  # traced calls emit the primitive

@@ -6,8 +6,12 @@ with the small static axes unrolled. Each test checks the generated source and t
 import re
 
 import numpy as np
+import pytest
 
 import gradjit as gj
+from gradjit.compiler import primitives as P
+from gradjit.compiler.codegen import cpu
+from gradjit.compiler.codegen.backend import RuleTable
 from benchmarks.workloads import softmax_xent as xent
 from benchmarks.workloads import softmax_xent_grad
 
@@ -499,3 +503,23 @@ def test_row_reductions_of_every_kind_against_numpy():
             got = gj.jit(_reduction(red, axis))(x)
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, red(x * 2.0, axis=axis), rtol=2e-6)
+
+
+# ---- the rule tables ----------------------------------------------------------------------------
+
+
+def test_a_missing_rule_names_the_primitive_the_table_and_the_backend():
+    # elementwise: in loops and scalars only
+    with pytest.raises(gj.GradjitError, match="no CPU lowering for primitive 'exp' in ARRAY_RULES"):
+        cpu.ARRAY_RULES.lookup(P.exp_p)
+    assert cpu.LOOP_RULES.lookup(P.exp_p) is cpu.LOOP_RULES.lookup(P.sin_p)  # one per family
+    table = RuleTable("CPU", "TEST_RULES", "a test")
+    table.register(P.exp_p)(lambda em, e: None)
+    with pytest.raises(gj.GradjitError, match=r"two CPU rules for primitive 'exp' in TEST_RULES"):
+        table.register(P.exp_p)(lambda em, e: None)
+
+
+def test_float32_sums_accumulate_in_float64_and_are_cast_back():
+    x = np.linspace(0.5, 1.5, 7).astype(np.float32)
+    src = gj.jit(lambda x: np.sum(x * x)).lower(x).source
+    assert re.search(r"(\w+) = 0\.0\n", src) and re.search(r"(\w+) = np\.float32\(\1\)", src), src

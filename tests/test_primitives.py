@@ -37,6 +37,7 @@ import gradjit as gj
 from gradjit.compiler import numpy_api
 from gradjit.compiler import primitives as P
 from gradjit.compiler.codegen import cpu as cpu_codegen
+from gradjit.compiler.codegen.schedule import LOOP_KINDS
 from gradjit.testing import (
     assert_grads_close,
     check_grads,
@@ -915,9 +916,23 @@ def test_table_covers_every_tracer_method():
     assert not missing, f"Tracer methods/operators without a test: {missing}"
 
 
-# Kinds the emitter lowers itself (fused loops, run-time checks), whatever the primitive.
-_STRUCTURAL_KINDS = {"reduce": "cpu", "index": "cpu", "iota": "cpu", "scatter": None,
-                     "check": None}
+# The CPU backend's rule tables (codegen/cpu.py): every primitive needs a rule in one of them,
+# those of the kinds the schedule fuses into loops one in LOOP_RULES, and those whose family
+# rule fills in a scalar template (elementwise, reductions, gathers) the template ``prim.cpu``.
+_CPU_TABLES = ("LOOP_RULES", "SCALAR_RULES", "ARRAY_RULES")
+_TEMPLATE_KINDS = ("elementwise", "reduce", "index")
+
+
+def cpu_gaps(name, prim):
+    gaps = []
+    if not any(prim in getattr(cpu_codegen, t) for t in _CPU_TABLES):
+        gaps.append(f"{name}: no CPU lowering (a rule in codegen.cpu {' / '.join(_CPU_TABLES)})")
+    if prim.kind in LOOP_KINDS and prim not in cpu_codegen.LOOP_RULES:
+        gaps.append(f"{name}: kind {prim.kind!r} is fused into loops but has no rule in "
+                    "codegen.cpu.LOOP_RULES")
+    if prim.kind in _TEMPLATE_KINDS and prim.cpu is None:
+        gaps.append(f"{name}: no CPU template (prim.cpu) for the {prim.kind} rules to fill in")
+    return gaps
 
 
 # Primitives that are never differentiated, by design.
@@ -933,11 +948,7 @@ def test_every_primitive_has_vjp_and_cpu_lowering():
     for name, prim in sorted(P.ALL.items()):
         if prim.vjp is None and name not in NO_VJP:
             gaps.append(f"{name}: no vjp rule")
-        lowered = prim in cpu_codegen.ARRAY_RULES or prim.cpu is not None or (
-            prim.kind in _STRUCTURAL_KINDS and (_STRUCTURAL_KINDS[prim.kind] is None
-                                                or prim.cpu is not None))
-        if not lowered:
-            gaps.append(f"{name}: no CPU lowering (prim.cpu template or codegen.cpu.ARRAY_RULES)")
+        gaps += cpu_gaps(name, prim)
         if prim.impl is None and getattr(prim, "eval_rule", None) is None and prim.kind != "check":
             gaps.append(f"{name}: no reference implementation (impl / eval_rule)")
     assert not gaps, "primitives with missing rules:\n  " + "\n  ".join(gaps)

@@ -48,9 +48,9 @@ def replay(graph, args, active=None, residuals=None):
             ins = [read(a) for a in e.inputs]
             mask = [isinstance(a, Var) and a in active for a in e.inputs] \
                 if residuals is not None else None
-            if mask is not None and any(mask) and hasattr(e.prim, "vjp_fwd"):
+            if mask is not None and any(mask) and e.prim.vjp_fwd is not None:
                 out, residuals[e] = e.prim.vjp_fwd(e, ins, mask)
-            elif hasattr(e.prim, "bind_eqn"):
+            elif e.prim.bind_eqn is not None:
                 out = e.prim.bind_eqn(e, ins)
             else:
                 out = P.bind(e.prim, *ins, **e.p)
@@ -88,7 +88,8 @@ def unbroadcast(ct, target_shape, dtype):
 def materialize(ct, aval):
     """A full-shape gradient of ``aval``'s dtype from a lazily broadcast cotangent (or zero)."""
     if ct is None and aval.dtype.startswith("tape:"):
-        return ZERO_TAPE(aval)
+        from .control import empty_tape  # control declares the tapes (and imports this module)
+        return empty_tape(aval)
     if ct is None:
         return P.zeros(aval.shape, aval.dtype) if aval.shape else P.cast(0.0, aval.dtype)
     ct = P.cast(ct, aval.dtype) if P.dtype_of(ct) != aval.dtype else ct
@@ -106,9 +107,6 @@ def materialize(ct, aval):
     if not isinstance(ct, Tracer) and aval.shape == ():
         ct = P.cast(ct, aval.dtype)
     return ct
-
-
-ZERO_TAPE = None  # aval -> an empty tape (set by control, which declares the tapes)
 
 
 def _indexed_update_of_zeros(c):

@@ -142,7 +142,7 @@ def batch_graph(graph, args, dims, outer=None):
         ds = [dim(a) for a in e.inputs]
         with location(e.loc):
             if all(d is None for d in ds):
-                if hasattr(e.prim, "bind_eqn"):
+                if e.prim.bind_eqn is not None:
                     out = e.prim.bind_eqn(e, ins)
                 else:
                     out = P.bind(e.prim, *ins, **e.p)
@@ -152,7 +152,7 @@ def batch_graph(graph, args, dims, outer=None):
                 rule = BATCH_RULES.get(e.prim)
                 if rule is None:
                     raise _err(f"the operation '{e.prim.name}' cannot be batched yet")
-                if getattr(rule, "regions", False):  # control flow: sizes shared with regions
+                if e.prim.bind_eqn is not None:  # control flow: sizes shared with regions
                     out, od = rule(ins, ds, _outer=(env, bd), **e.p)
                 else:
                     out, od = rule(ins, ds, **e.p)
@@ -754,8 +754,7 @@ def _tape_rewind_rule(args, dims):
 def _register_control():
     from . import control as C
     for p, r in ((C.cond_p, _cond_rule), (C.for_p, _for_rule), (C.while_p, _while_rule)):
-        r.regions = True
-        BATCH_RULES[p] = r
+        BATCH_RULES[p] = r  # each also takes ``_outer`` (see ``batch_graph``)
     BATCH_RULES[C.tape_push_p] = _tape_push_rule
     BATCH_RULES[C.tape_pop_p] = _tape_pop_rule
     BATCH_RULES[C.tape_new_p] = _tape_new_rule

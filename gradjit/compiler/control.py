@@ -270,9 +270,6 @@ def _cond_shape(pred, *ops, branches):
     return tuple(_subst(o.aval, sub) for o in g.outputs)
 
 
-cond_p = P.primitive("cond", _cond_shape, multiple_results=True)
-
-
 def cond(pred, then_fn, else_fn, merge=None, what="if"):
     """``then_fn()`` if ``pred`` else ``else_fn()`` as one ``cond`` equation. Each function
     returns a list of values (Tracers, static numbers, ``None`` for zero); with ``merge``, each
@@ -402,11 +399,21 @@ def _cond_eval(pred, *ops, branches):
     return tuple(evaluate(branches[0 if pred else 1], ops))
 
 
-cond_p.bind_eqn = _cond_bind_eqn
-cond_p.dce_rule = _cond_dce
-cond_p.vjp = _cond_vjp
-cond_p.eval_rule = _cond_eval
-cond_p.rebase = lambda e, k, acc: _cond_rebase(e, k, acc)
+def _cond_rebase(e, k, acc):
+    """``e`` with its output ``k`` becoming ``acc +`` that output (in both branches)."""
+    def post(outs, af):
+        outs = list(outs)
+        outs[k] = accumulate(af, outs[k])
+        return outs
+    ops = [Tracer(a) if isinstance(a, Var) else a.value for a in e.inputs[1:]]
+    branches, operands = _cond_regions(e, ops, Tracer(acc), post)
+    return e.replace(inputs=(e.inputs[0],) + tuple(atom(o) for o in operands),
+                     params=make_params({"branches": branches}))
+
+
+cond_p = P.primitive("cond", _cond_shape, multiple_results=True, bind_eqn=_cond_bind_eqn,
+                     dce_rule=_cond_dce, vjp=_cond_vjp, eval_rule=_cond_eval,
+                     rebase=_cond_rebase)
 
 
 # =============================================================================================
@@ -454,12 +461,7 @@ def _loop_shape(consts, body, n_index):
     return tuple(_subst(v.aval, sub) for v in body.inputs[n_index + nc:])
 
 
-for_p = P.primitive(
-    "for", lambda *ins, body, n_consts, backward=False: _loop_shape(ins[3:3 + n_consts], body, 1),
-    multiple_results=True, n_range=3, n_index=1, regions=("body",))
-while_p = P.primitive(
-    "while", lambda *ins, cond, body, n_consts: _loop_shape(ins[:n_consts], body, 0),
-    multiple_results=True, n_range=0, n_index=0, regions=("cond", "body"))
+# (``for_p`` and ``while_p`` are created at the end of this section, with all their rules.)
 
 
 def _carriable(x):
@@ -840,11 +842,6 @@ def _loop_dce(e, used):
                      params=make_params(params), outputs=tuple(e.outputs[k] for k in keep))
 
 
-for _p in (for_p, while_p):
-    _p.bind_eqn = _loop_bind_eqn
-    _p.dce_rule = _loop_dce
-
-
 # -- reverse mode --------------------------------------------------------------------------------
 
 
@@ -1213,7 +1210,7 @@ def _replay_logged(graph, args, actions, log):
                     log.push(p_, P.cast(ins[0], "int64"))
                 out = _cond_logged(e, ins, actions, log)
             else:
-                out = e.prim.bind_eqn(e, ins) if hasattr(e.prim, "bind_eqn") \
+                out = e.prim.bind_eqn(e, ins) if e.prim.bind_eqn is not None \
                     else bind(e.prim, *ins, **e.p)
         outs = out if e.prim.multiple_results else ((out,) if e.outputs else ())
         for v, o in zip(e.outputs, outs):
@@ -1375,7 +1372,7 @@ def accumulate(acc, ct, chain=()):
         if e is not None and e.prim in (P.slice_add_p, P.scatter_add_p):
             base = accumulate(acc, Tracer(e.inputs[0]), chain + (e,))
             return bind(e.prim, base, *[_tracer(a) for a in e.inputs[1:]], **e.p)
-        if e is not None and getattr(e.prim, "rebase", None) is not None:
+        if e is not None and e.prim.rebase is not None:
             out = _rebase(e, x, acc, chain)
             if out is not None:
                 return out
@@ -1403,17 +1400,6 @@ def _rebase(e, x, acc, chain=()):
     for v in new.outputs:
         b.producer[v] = new
     return Tracer(x)
-
-
-def _cond_rebase(e, k, acc):
-    def post(outs, af):
-        outs = list(outs)
-        outs[k] = accumulate(af, outs[k])
-        return outs
-    ops = [Tracer(a) if isinstance(a, Var) else a.value for a in e.inputs[1:]]
-    branches, operands = _cond_regions(e, ops, Tracer(acc), post)
-    return e.replace(inputs=(e.inputs[0],) + tuple(atom(o) for o in operands),
-                     params=make_params({"branches": branches}))
 
 
 def _loop_rebase(e, k, acc):
@@ -1496,13 +1482,18 @@ def _while_eval(*rest, cond, body, n_consts):
     return tuple(carried)
 
 
-for _p in (for_p, while_p):
-    _p.rebase = _loop_rebase
-    _p.vjp_fwd = _loop_vjp_fwd
-    _p.vjp_bwd = _loop_vjp_bwd
-    _p.vjp = _loop_vjp
-for_p.eval_rule = _for_eval
-while_p.eval_rule = _while_eval
+# The loop primitives, with the rules above: replay and DCE, the reverse mode (a forward hook
+# and its adjoint; ``vjp`` alone when the driver's hook is not used), accumulation into the
+# carried values, and the reference semantics.
+_LOOP_RULES = dict(multiple_results=True, bind_eqn=_loop_bind_eqn, dce_rule=_loop_dce,
+                   rebase=_loop_rebase, vjp_fwd=_loop_vjp_fwd, vjp_bwd=_loop_vjp_bwd,
+                   vjp=_loop_vjp)
+for_p = P.primitive(
+    "for", lambda *ins, body, n_consts, backward=False: _loop_shape(ins[3:3 + n_consts], body, 1),
+    n_range=3, n_index=1, regions=("body",), eval_rule=_for_eval, **_LOOP_RULES)
+while_p = P.primitive(
+    "while", lambda *ins, cond, body, n_consts: _loop_shape(ins[:n_consts], body, 0),
+    n_range=0, n_index=0, regions=("cond", "body"), eval_rule=_while_eval, **_LOOP_RULES)
 
 
 # =============================================================================================
@@ -1518,37 +1509,39 @@ def _elem_aval(tape):
     return Aval(tape.dtype[len("tape:"):], tape.shape)
 
 
-tape_new_p = P.primitive(
-    "tape_new", lambda cap, *dims, shape, dtype: (Aval("tape:" + dtype, P._fill_dims(shape, dims)),),
-    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ((), 0))
 # Reference values of a tape: (values, count); a pop leaves its value in place, as the kernel's
 # buffer does, so that ``tape_rewind`` can give it back.
-tape_push_p = P.primitive("tape_push", lambda t, v: (t.aval,), inplace=0,
-                          eval_rule=lambda t, v: (t[0][:t[1]] + (np.array(v, copy=True),),
-                                                  t[1] + 1))
-tape_pop_p = P.primitive("tape_pop", lambda t: (t.aval, _elem_aval(t.aval)),
-                         multiple_results=True, eval_rule=lambda t: ((t[0], t[1] - 1),
-                                                                     t[0][t[1] - 1]))
-
-
 # A tape's cotangent is the stack of its values' cotangents, in reverse: the adjoint of a push
 # pops the cotangent tape, the adjoint of a pop pushes onto it (a pop whose value got no
 # cotangent pushes a zero, so that the two stacks stay aligned).
+tape_new_p = P.primitive(
+    "tape_new", lambda cap, *dims, shape, dtype: (Aval("tape:" + dtype, P._fill_dims(shape, dims)),),
+    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ((), 0))
+tape_push_p = P.primitive("tape_push", lambda t, v: (t.aval,), inplace=0,
+                          eval_rule=lambda t, v: (t[0][:t[1]] + (np.array(v, copy=True),),
+                                                  t[1] + 1),
+                          vjp=lambda ct, ins, outs: tape_pop(ct))
+tape_pop_p = P.primitive("tape_pop", lambda t: (t.aval, _elem_aval(t.aval)),
+                         multiple_results=True, eval_rule=lambda t: ((t[0], t[1] - 1),
+                                                                     t[0][t[1] - 1]),
+                         vjp=lambda cts, ins, outs: (tape_push(cts[0], cts[1]),))
 tape_count_p = P.primitive("tape_count", lambda t: (Aval("int64"),),
-                           eval_rule=lambda t: np.int64(t[1]))
-tape_rewind_p = P.primitive("tape_rewind", lambda t, n: (t.aval,), inplace=0,
-                            eval_rule=lambda t, n: (t[0], int(n)))
-tape_push_p.vjp = lambda ct, ins, outs: tape_pop(ct)
-tape_count_p.vjp = lambda ct, ins, outs: (None,)  # an integer
+                           eval_rule=lambda t: np.int64(t[1]),
+                           vjp=lambda ct, ins, outs: (None,))  # an integer
 
 
 def _rewind_vjp(ct, ins, outs):
     raise ad.reread_tape_error()
 
 
-tape_rewind_p.vjp = _rewind_vjp
-tape_pop_p.vjp = lambda cts, ins, outs: (tape_push(cts[0], cts[1]),)
-ad.ZERO_TAPE = lambda aval: tape_new(16, _elem_aval(aval))
+tape_rewind_p = P.primitive("tape_rewind", lambda t, n: (t.aval,), inplace=0,
+                            eval_rule=lambda t, n: (t[0], int(n)), vjp=_rewind_vjp)
+
+
+def empty_tape(aval):
+    """An empty tape of the tape aval ``aval``: the zero cotangent of a tape
+    (``ad.materialize``)."""
+    return tape_new(16, _elem_aval(aval))
 
 
 def tape_new(capacity, aval):

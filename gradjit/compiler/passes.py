@@ -81,7 +81,7 @@ def cse(graph):
                 seen[k] = ()
                 eqns.append(e)
             continue
-        if e.prim.effect or not getattr(e.prim, "cse", True):  # tapes: each one distinct
+        if e.prim.effect or not e.prim.cse:  # tapes: each one distinct
             eqns.append(e)
             continue
         k = (e.prim, tuple(_key(a) for a in ins), e.params,
@@ -152,7 +152,7 @@ def dce(graph):
     live = {a for a in graph.outputs if isinstance(a, Var)}
     kept = []
     for e in reversed(graph.eqns):
-        rule = getattr(e.prim, "dce_rule", None)  # control flow: prune outputs and regions
+        rule = e.prim.dce_rule  # control flow: prune outputs and regions
         if rule is not None:
             e = rule(e, [v in live for v in e.outputs])
             if e is None:

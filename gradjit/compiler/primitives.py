@@ -21,6 +21,8 @@ Rule contracts
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
@@ -29,22 +31,43 @@ from .ir import Aval, Lit, Var
 from .tracing import Tracer, aval_of, bind, current_loc, is_static_scalar
 
 
+@dataclass(frozen=True, eq=False, repr=False)
 class Primitive:
-    """One IR operation and all its rules (see the module docstring)."""
+    """One IR operation and all its rules (see the module docstring), declared once: every
+    field is given when the primitive is created and none can be assigned afterwards (an
+    unknown keyword is a ``TypeError``). Compared and hashed by identity: tables are keyed by
+    the object. Readers test a rule with ``prim.rule is not None``, never with ``hasattr``."""
 
-    def __init__(self, name, shape_rule, *, impl=None, vjp=None, kind="array", cpu=None,
-                 cuda=None, fold=None, effect=False, multiple_results=False, **extra):
-        self.name = name
-        self.shape_rule = shape_rule
-        self.impl = impl
-        self.vjp = vjp
-        self.kind = kind
-        self.cpu = cpu
-        self.cuda = cuda
-        self.fold = fold
-        self.effect = effect
-        self.multiple_results = multiple_results
-        self.__dict__.update(extra)
+    name: str
+    shape_rule: Callable  # (*inputs, **params) -> tuple[Aval]
+    _: KW_ONLY
+    # -- every primitive ----------------------------------------------------------------------
+    impl: Callable | None = None  # numpy evaluation: folding and the reference evaluator
+    vjp: Callable | None = None  # adjoint rule; None: not differentiable (an error in AD)
+    fold: Callable | None = None  # construction rewrite in ``bind``: a value or NotImplemented
+    effect: bool = False  # run-time checks: DCE keeps it, ``bind`` never evaluates it
+    multiple_results: bool = False  # returns a tuple of outputs
+    cse: bool = True  # False: two equal equations stay two (``tape_new``: each tape distinct)
+    zero_grad: bool = False  # derivative zero almost everywhere (sign, floor, ...): vjp gives None
+    # -- lowering -----------------------------------------------------------------------------
+    kind: str = "array"  # "elementwise", "reduce", "index", "scatter", "iota", "check", "array"
+    cpu: str | Callable | None = None  # CPU template: str.format text or (args, params) -> text
+    cuda: str | Callable | None = None  # the same for CUDA
+    par_cpu: str | None = None  # reduce: the accumulation numba's prange recognises (parallel)
+    init: float | int | None = None  # reduce: the accumulator's starting value
+    inplace: int | None = None  # index of the input the result may overwrite (slice_set, ...)
+    whole_inputs: tuple = ()  # index kind: inputs read as whole arrays, not elementwise
+    float_only: bool = False  # elementwise unary: the op function converts ints to float first
+    # -- structured control flow (control.py): rules over the whole equation ------------------
+    regions: tuple = ()  # loops: the params holding the regions, in order
+    n_range: int = 0  # loops: leading range operands (start, stop, step for ``for``)
+    n_index: int = 0  # loops: leading index formals of the body
+    bind_eqn: Callable | None = None  # (eqn, args) -> outs: re-emit on new operands (replay)
+    dce_rule: Callable | None = None  # (eqn, used outputs) -> pruned eqn or None (DCE)
+    eval_rule: Callable | None = None  # like ``impl`` for the reference evaluator; preferred
+    rebase: Callable | None = None  # (eqn, output k, acc) -> eqn computing acc + output k
+    vjp_fwd: Callable | None = None  # (eqn, args, active mask) -> (outs, residuals): AD forward
+    vjp_bwd: Callable | None = None  # (cts, ins, outs, residuals, **params) -> input cotangents
 
     def __repr__(self):
         return f"{self.name}_p"
@@ -54,6 +77,7 @@ ALL = {}  # name -> Primitive, for inventories and tests
 
 
 def primitive(name, shape_rule, **kw):
+    """A new ``Primitive`` (``kw``: its fields), registered in ``ALL``."""
     p = Primitive(name, shape_rule, **kw)
     ALL[name] = p
     return p
@@ -178,12 +202,14 @@ def _to_static(x):
 # Elementwise primitives
 # =============================================================================================
 
-def _unary(name, impl, deriv, cpu, cuda=None, float_only=True):
-    """Register an elementwise unary primitive whose adjoint is ``ct * deriv(x, y)``."""
-    p = primitive(name, _ew_shape(), impl=impl, kind="elementwise", cpu=cpu, cuda=cuda or cpu,
-                  float_only=float_only)
+def _unary(name, impl, deriv, cpu, cuda=None, float_only=True, **kw):
+    """Register an elementwise unary primitive whose adjoint is ``ct * deriv(x, y)`` (or, with
+    ``deriv=None``, the ``vjp`` among ``kw``, the primitive's other fields)."""
     if deriv is not None:
-        p.vjp = lambda ct, ins, outs: (mul(ct, deriv(ins[0], outs[0])),)
+        kw["vjp"] = lambda ct, ins, outs: (mul(ct, deriv(ins[0], outs[0])),)
+    kw.setdefault("shape_rule", _ew_shape())
+    p = primitive(name, impl=impl, kind="elementwise", cpu=cpu, cuda=cuda or cpu,
+                  float_only=float_only, **kw)
 
     def op(x):
         if float_only:
@@ -193,8 +219,79 @@ def _unary(name, impl, deriv, cpu, cuda=None, float_only=True):
     return p, op
 
 
-neg_p, neg = _unary("neg", np.negative, None, "(-{0})", float_only=False)
-neg_p.vjp = lambda ct, ins, outs: (neg(ct),)
+# ---- algebraic identities, applied as equations are built (x+0, x*1, x*0, --x) -------------
+
+
+def _lit_is(a, v):
+    return isinstance(a, Lit) and not isinstance(a.value, bool) and a.value == v
+
+
+def _passes_through(keep, out):
+    """``keep`` already has the result's aval ``out``, so the equation can be dropped."""
+    return (isinstance(keep, Var) and keep.aval.dtype == out.dtype
+            and same_shape(keep.aval.shape, out.shape))
+
+
+_arith_shape = _ew_shape()  # the shape rule of add, sub, mul and div
+
+
+def _identity_fold(unit, absorbing=None, left_unit=True):
+    """The fold of add, sub, mul or div: ``x op unit -> x`` (also ``unit op x`` when
+    ``left_unit``), and an integer ``x op absorbing -> 0``."""
+    def fold(a, b, **_):
+        out = _arith_shape(a, b)[0]
+        for keep, other, ok in ((a, b, True), (b, a, left_unit)):
+            if ok and _lit_is(other, unit) and _passes_through(keep, out):
+                return Tracer(keep)
+        if absorbing is not None and _kind(out.dtype) != "float":  # nan * 0 is nan: ints only
+            for keep, other in ((a, b), (b, a)):
+                if _lit_is(other, absorbing) and isinstance(keep, Var):
+                    return full(out.shape, 0, out.dtype) if out.shape else NotImplemented
+        return NotImplemented
+    return fold
+
+
+def _producer(v):
+    from .tracing import current
+    return current().producer.get(v) if isinstance(v, Var) else None
+
+
+def _neg_fold(x):
+    e = _producer(x)
+    if e is not None and e.prim is neg_p:
+        return Tracer(e.inputs[0])
+    return NotImplemented
+
+
+_add_identity = _identity_fold(0)
+
+
+def _add_fold(a, b, **_):
+    """x + 0 -> x, and adding a scattered contribution into a dense value updates it in
+    place: add(g, slice_add(zeros, v)) -> slice_add(g, v) (gradients of indexed reads)."""
+    for dense, sparse in ((a, b), (b, a)):
+        e = _producer(sparse)
+        if e is not None and e.prim in (slice_add_p, scatter_add_p) and isinstance(dense, Var) \
+                and dense.aval.dtype == sparse.aval.dtype \
+                and same_shape(dense.aval.shape, sparse.aval.shape) and _is_zeros(e.inputs[0]):
+            return bind(e.prim, Tracer(dense), *[_tr(x) for x in e.inputs[1:]], **e.p)
+    return _add_identity(a, b)
+
+
+def _tr(a):
+    return Tracer(a) if isinstance(a, Var) else a
+
+
+def _is_zeros(v):
+    e = _producer(v)
+    return e is not None and e.prim is full_p and _lit_is(e.inputs[0], 0)
+
+
+# ---- the unary primitives --------------------------------------------------------------------
+
+
+neg_p, neg = _unary("neg", np.negative, None, "(-{0})", float_only=False,
+                    vjp=lambda ct, ins, outs: (neg(ct),), fold=_neg_fold)
 sin_p, sin = _unary("sin", np.sin, lambda x, y: cos(x), "gj_sin({0})", "math.sin({0})")
 cos_p, cos = _unary("cos", np.cos, lambda x, y: neg(sin(x)), "gj_cos({0})", "math.cos({0})")
 tan_p, tan = _unary("tan", np.tan, lambda x, y: add(1.0, mul(y, y)), "np.tan({0})", "math.tan({0})")
@@ -222,61 +319,18 @@ arctanh_p, arctanh = _unary("arctanh", np.arctanh, lambda x, y: reciprocal(sub(1
                             "np.arctanh({0})", "math.atanh({0})")
 abs_p, absolute = _unary("abs", np.abs, lambda x, y: sign(x), "abs({0})", float_only=False)
 # Non-differentiable (zero derivative almost everywhere): no adjoint contribution.
+_no_vjp = lambda ct, ins, outs: (None,)  # noqa: E731
 sign_p, sign = _unary("sign", np.sign, None, "gj_sign({0})", "(({0} > 0) - ({0} < 0))",
-                      float_only=False)
-floor_p, floor = _unary("floor", np.floor, None, "np.floor({0})", "math.floor({0})")
-ceil_p, ceil = _unary("ceil", np.ceil, None, "np.ceil({0})", "math.ceil({0})")
-round_p, rint = _unary("round", np.rint, None, "np.rint({0})", "round({0})")
-for _p in (sign_p, floor_p, ceil_p, round_p):
-    _p.vjp = lambda ct, ins, outs: (None,)
-    _p.zero_grad = True
-not_p, logical_not = _unary("not", np.logical_not, None, "(not {0})", float_only=False)
-not_p.vjp = lambda ct, ins, outs: (None,)
-not_p.shape_rule = _ew_shape("bool")  # np.logical_not(1.5) is False, not 0.0
-
-
-# ---- algebraic identities, applied as equations are built (x+0, x*1, x*0, --x) -------------
-
-
-def _lit_is(a, v):
-    return isinstance(a, Lit) and not isinstance(a.value, bool) and a.value == v
-
-
-def _passes_through(keep, other, prim, ins):
-    """``keep`` already has the result's aval, so the equation can be dropped."""
-    out = prim.shape_rule(*ins)[0]
-    return (isinstance(keep, Var) and keep.aval.dtype == out.dtype
-            and same_shape(keep.aval.shape, out.shape))
-
-
-def _identity_fold(unit, absorbing=None, left_unit=True):
-    def fold(a, b, **_):
-        prim = fold.prim
-        for keep, other, ok in ((a, b, True), (b, a, left_unit)):
-            if ok and _lit_is(other, unit) and _passes_through(keep, other, prim, (a, b)):
-                return Tracer(keep)
-        out = prim.shape_rule(a, b)[0]
-        if absorbing is not None and _kind(out.dtype) != "float":  # nan * 0 is nan: ints only
-            for keep, other in ((a, b), (b, a)):
-                if _lit_is(other, absorbing) and isinstance(keep, Var):
-                    return full(out.shape, 0, out.dtype) if out.shape else NotImplemented
-        return NotImplemented
-    return fold
-
-
-def _neg_fold(x):
-    e = _producer(x)
-    if e is not None and e.prim is neg_p:
-        return Tracer(e.inputs[0])
-    return NotImplemented
-
-
-def _producer(v):
-    from .tracing import current
-    return current().producer.get(v) if isinstance(v, Var) else None
-
-
-neg_p.fold = _neg_fold
+                      float_only=False, vjp=_no_vjp, zero_grad=True)
+floor_p, floor = _unary("floor", np.floor, None, "np.floor({0})", "math.floor({0})",
+                        vjp=_no_vjp, zero_grad=True)
+ceil_p, ceil = _unary("ceil", np.ceil, None, "np.ceil({0})", "math.ceil({0})", vjp=_no_vjp,
+                      zero_grad=True)
+round_p, rint = _unary("round", np.rint, None, "np.rint({0})", "round({0})", vjp=_no_vjp,
+                       zero_grad=True)
+not_p, logical_not = _unary("not", np.logical_not, None, "(not {0})", float_only=False,
+                            vjp=_no_vjp,
+                            shape_rule=_ew_shape("bool"))  # np.logical_not(1.5) is False, not 0.0
 
 
 def reciprocal(x):
@@ -291,10 +345,11 @@ def square(x):
     return mul(x, x)
 
 
-def _binary(name, impl, cpu, vjp=None, cuda=None, out_dtype=None, to_float=False):
-    """Register an elementwise binary primitive; the op function promotes and broadcasts."""
-    p = primitive(name, _ew_shape(out_dtype), impl=impl, vjp=vjp, kind="elementwise", cpu=cpu,
-                  cuda=cuda or cpu)
+def _binary(name, impl, cpu, vjp=None, cuda=None, out_dtype=None, to_float=False, **kw):
+    """Register an elementwise binary primitive (``kw``: its other fields); the op function
+    promotes and broadcasts."""
+    kw.setdefault("shape_rule", _ew_shape(out_dtype))
+    p = primitive(name, impl=impl, vjp=vjp, kind="elementwise", cpu=cpu, cuda=cuda or cpu, **kw)
 
     def op(a, b):
         (a, b), _ = promote(a, b, to_float=to_float)
@@ -304,13 +359,16 @@ def _binary(name, impl, cpu, vjp=None, cuda=None, out_dtype=None, to_float=False
     return p, op
 
 
-add_p, add = _binary("add", np.add, "({0} + {1})", lambda ct, ins, outs: (ct, ct))
-sub_p, sub = _binary("sub", np.subtract, "({0} - {1})", lambda ct, ins, outs: (ct, neg(ct)))
+add_p, add = _binary("add", np.add, "({0} + {1})", lambda ct, ins, outs: (ct, ct),
+                     fold=_add_fold)
+sub_p, sub = _binary("sub", np.subtract, "({0} - {1})", lambda ct, ins, outs: (ct, neg(ct)),
+                     fold=_identity_fold(0, left_unit=False))
 mul_p, mul = _binary("mul", np.multiply, "({0} * {1})",
-                     lambda ct, ins, outs: (mul(ct, ins[1]), mul(ins[0], ct)))
+                     lambda ct, ins, outs: (mul(ct, ins[1]), mul(ins[0], ct)),
+                     fold=_identity_fold(1, absorbing=0))
 div_p, div = _binary("div", np.true_divide, "({0} / {1})",
                      lambda ct, ins, outs: (div(ct, ins[1]), neg(mul(ct, div(outs[0], ins[1])))),
-                     to_float=True)
+                     to_float=True, fold=_identity_fold(1, left_unit=False))
 
 
 def _minmax_vjp(ct, ins, outs):
@@ -342,41 +400,11 @@ def _pow_vjp(ct, ins, outs):
     return dx, dy
 
 
-_add_identity = _identity_fold(0)
-_add_identity.prim = None
-
-
-def _add_fold(a, b, **_):
-    """x + 0 -> x, and adding a scattered contribution into a dense value updates it in
-    place: add(g, slice_add(zeros, v)) -> slice_add(g, v) (gradients of indexed reads)."""
-    for dense, sparse in ((a, b), (b, a)):
-        e = _producer(sparse)
-        if e is not None and e.prim in (slice_add_p, scatter_add_p) and isinstance(dense, Var) \
-                and dense.aval.dtype == sparse.aval.dtype \
-                and same_shape(dense.aval.shape, sparse.aval.shape) and _is_zeros(e.inputs[0]):
-            return bind(e.prim, Tracer(dense), *[_tr(x) for x in e.inputs[1:]], **e.p)
-    return _add_identity(a, b)
-
-
-def _tr(a):
-    return Tracer(a) if isinstance(a, Var) else a
-
-
-def _is_zeros(v):
-    e = _producer(v)
-    return e is not None and e.prim is full_p and _lit_is(e.inputs[0], 0)
-
-
-add_p.fold = _add_fold
-_add_identity.prim = add_p
-sub_p.fold = _identity_fold(0, left_unit=False)
-sub_p.fold.prim = sub_p
-mul_p.fold = _identity_fold(1, absorbing=0)
-mul_p.fold.prim = mul_p
-div_p.fold = _identity_fold(1, left_unit=False)
-div_p.fold.prim = div_p
-
-pow_p, _pow = _binary("pow", np.power, "({0} ** {1})", _pow_vjp)
+# ``x ** int``: the integer exponent literal keeps the base's dtype.
+pow_p, _pow = _binary(
+    "pow", np.power, "({0} ** {1})", _pow_vjp,
+    shape_rule=lambda x, y: (Aval(x.aval.dtype, broadcast_shapes(x.aval.shape, y.aval.shape),
+                                  x.aval.weak and y.aval.weak),))
 
 
 def power(x, y):
@@ -392,12 +420,6 @@ def power(x, y):
         lit = Lit(int(y), Aval("int64", (), True))
         return bind(pow_p, xx, lit)
     return _pow(x, y)
-
-
-pow_p.shape_rule = lambda x, y: (Aval(x.aval.dtype, broadcast_shapes(x.aval.shape, y.aval.shape),
-                                      x.aval.weak and y.aval.weak),)
-# ``x ** int``: the integer exponent literal keeps the base's dtype.
-pow_p.fold = None
 
 
 def _atan2_vjp(ct, ins, outs):
@@ -580,12 +602,34 @@ def _prod_vjp(ct, ins, outs, axes):
     return (mul(_expand_back(ct, x, axes), d),)
 
 
+def _sum_scatter_fold(x, axes):
+    """Summing away the columns of a one-per-row scatter into zeros gives the scattered
+    values: ``sum(scatter_add(zeros, v, arange(n), j), axis=1) == v`` (also under a ``neg``).
+    This is the row sum of the cotangent of ``logp[np.arange(n), y]`` in a softmax loss;
+    without the rule it is a dense zero matrix, a scatter and a pass over them. Indices are
+    in bounds: the gather they come from checks them."""
+    sign, e = 1, _producer(x)
+    if e is not None and e.prim is neg_p:
+        sign, e = -1, _producer(e.inputs[0])
+    if e is None or e.prim is not scatter_add_p or not _is_zeros(e.inputs[0]):
+        return NotImplemented
+    acc, v, idx = e.inputs[0], e.inputs[1], e.inputs[2:]
+    rows = _producer(idx[0]) if isinstance(idx[0], Var) else None
+    if rows is None or rows.prim is not iota_p or len(idx) < 2 or \
+            axes != tuple(range(1, len(idx))) or \
+            not all(isinstance(i, Var) and i.aval.ndim == 1 for i in idx) or \
+            not same_dim(idx[0].aval.shape[0], acc.aval.shape[0]) or \
+            not same_shape(v.aval.shape, (acc.aval.shape[0],) + acc.aval.shape[len(idx):]):
+        return NotImplemented
+    return _tr(v) if sign == 1 else neg(_tr(v))
+
+
 # Sums and products accumulate through helpers whose one instruction may be reassociated (the
 # kernels' own flags do not allow it: kernels/cpu.py). ``par_cpu``: the form numba's prange
 # recognises as a reduction, used by target='parallel' (whose kernels allow reassociation).
 reduce_sum_p = primitive("reduce_sum", _reduce_shape, impl=lambda x, axes: np.sum(x, axis=axes),
-                         vjp=_sum_vjp, kind="reduce", init=0, cpu="gj_acc_add({acc}, {0})",
-                         par_cpu="{acc} + {0}")
+                         vjp=_sum_vjp, fold=_sum_scatter_fold, kind="reduce", init=0,
+                         cpu="gj_acc_add({acc}, {0})", par_cpu="{acc} + {0}")
 
 
 def _from_init(ufunc, init):
@@ -652,29 +696,6 @@ def _reducer(prim, bool_to_int=True):
 reduce_sum = _reducer(reduce_sum_p)
 
 
-def _sum_scatter_fold(x, axes):
-    """Summing away the columns of a one-per-row scatter into zeros gives the scattered
-    values: ``sum(scatter_add(zeros, v, arange(n), j), axis=1) == v`` (also under a ``neg``).
-    This is the row sum of the cotangent of ``logp[np.arange(n), y]`` in a softmax loss;
-    without the rule it is a dense zero matrix, a scatter and a pass over them. Indices are
-    in bounds: the gather they come from checks them."""
-    sign, e = 1, _producer(x)
-    if e is not None and e.prim is neg_p:
-        sign, e = -1, _producer(e.inputs[0])
-    if e is None or e.prim is not scatter_add_p or not _is_zeros(e.inputs[0]):
-        return NotImplemented
-    acc, v, idx = e.inputs[0], e.inputs[1], e.inputs[2:]
-    rows = _producer(idx[0]) if isinstance(idx[0], Var) else None
-    if rows is None or rows.prim is not iota_p or len(idx) < 2 or \
-            axes != tuple(range(1, len(idx))) or \
-            not all(isinstance(i, Var) and i.aval.ndim == 1 for i in idx) or \
-            not same_dim(idx[0].aval.shape[0], acc.aval.shape[0]) or \
-            not same_shape(v.aval.shape, (acc.aval.shape[0],) + acc.aval.shape[len(idx):]):
-        return NotImplemented
-    return _tr(v) if sign == 1 else neg(_tr(v))
-
-
-reduce_sum_p.fold = _sum_scatter_fold
 reduce_max = _reducer(reduce_max_p)
 reduce_min = _reducer(reduce_min_p)
 reduce_prod = _reducer(reduce_prod_p)
@@ -722,11 +743,6 @@ def convert(x, dtype):
     return cast(x, dtype)
 
 
-check_eq_p = primitive(
-    "check_eq", lambda a, b, msg: (), effect=True, kind="check",
-    cpu=None, impl=None)
-
-
 def _check_fold(a, b, msg):
     av, bv = _to_static(a), _to_static(b)
     if a is b or (not isinstance(av, Var) and not isinstance(bv, Var) and av == bv):
@@ -736,12 +752,9 @@ def _check_fold(a, b, msg):
     return NotImplemented
 
 
-check_eq_p.fold = _check_fold
-check_eq_p.vjp = lambda ct, ins, outs, msg: (None, None)
-
-
-check_index_p = primitive(
-    "check_index", lambda i, n, msg: (), effect=True, kind="check", cpu=None, impl=None)
+check_eq_p = primitive(
+    "check_eq", lambda a, b, msg: (), effect=True, kind="check", cpu=None, impl=None,
+    fold=_check_fold, vjp=lambda ct, ins, outs, msg: (None, None))
 
 
 def _check_index_fold(i, n, msg):
@@ -753,8 +766,9 @@ def _check_index_fold(i, n, msg):
     return NotImplemented
 
 
-check_index_p.fold = _check_index_fold
-check_index_p.vjp = lambda ct, ins, outs, msg: (None, None)
+check_index_p = primitive(
+    "check_index", lambda i, n, msg: (), effect=True, kind="check", cpu=None, impl=None,
+    fold=_check_index_fold, vjp=lambda ct, ins, outs, msg: (None, None))
 
 
 def check_index(i, n, msg):
@@ -879,10 +893,27 @@ def _slice_impl(x, *dyn, spec, sizes):
     return np.array(np.asarray(x)[_py_index(_spec_values(spec, vals))])
 
 
-slice_p = primitive("slice", _slice_shape, impl=_slice_impl)
-slice_p.vjp = lambda ct, ins, outs, spec, sizes: (
-    slice_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:], spec, sizes),
-) + (None,) * (len(ins) - 1)
+def _read_back_fold(x, *dyn, spec, sizes):
+    """``y[idx]`` right after ``y = x with y[idx] = v`` is ``v``: no need to keep ``y``'s
+    elements around (an adjoint reading them back would otherwise hold a copy of the array)."""
+    e = _producer(x)
+    if e is None or e.prim is not slice_set_p or e.p["spec"] != spec or e.p["sizes"] != sizes:
+        return NotImplemented
+    same = all(a is b or (isinstance(a, Lit) and isinstance(b, Lit) and a.value == b.value)
+               for a, b in zip(e.inputs[2:], dyn))
+    v = e.inputs[1]
+    if not same or len(e.inputs) - 2 != len(dyn) or DYN in sizes or v.aval.shape != tuple(sizes):
+        return NotImplemented
+    if isinstance(v, Lit):
+        return cast(v.value, x.aval.dtype)
+    return Tracer(v) if v.aval.dtype == x.aval.dtype else cast(Tracer(v), x.aval.dtype)
+
+
+slice_p = primitive(
+    "slice", _slice_shape, impl=_slice_impl, fold=_read_back_fold,
+    vjp=lambda ct, ins, outs, spec, sizes: (
+        slice_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:], spec, sizes),
+    ) + (None,) * (len(ins) - 1))
 
 
 def _slice_add_impl(acc, v, *dyn, spec, sizes):
@@ -894,10 +925,10 @@ def _slice_add_impl(acc, v, *dyn, spec, sizes):
 
 # ``acc`` with ``v`` added into ``acc[spec]``: the adjoint of basic indexing. Lowered in place
 # when ``acc`` is not used afterwards (the usual case: a gradient being accumulated).
-slice_add_p = primitive("slice_add", lambda acc, v, *dyn, spec, sizes: (acc.aval,),
-                        impl=_slice_add_impl, inplace=0)
-slice_add_p.vjp = lambda ct, ins, outs, spec, sizes: (
-    ct, bind(slice_p, ct, *ins[2:], spec=spec, sizes=sizes)) + (None,) * (len(ins) - 2)
+slice_add_p = primitive(
+    "slice_add", lambda acc, v, *dyn, spec, sizes: (acc.aval,), impl=_slice_add_impl, inplace=0,
+    vjp=lambda ct, ins, outs, spec, sizes: (
+        ct, bind(slice_p, ct, *ins[2:], spec=spec, sizes=sizes)) + (None,) * (len(ins) - 2))
 
 
 def slice_add(acc, v, dyn, spec, sizes):
@@ -1034,7 +1065,9 @@ def _gather_shape(x, *idx):
 
 gather_p = primitive(
     "gather", _gather_shape, impl=lambda x, *idx: np.asarray(x)[tuple(idx)],
-    kind="index", cpu="{x}[{idx}]", whole_inputs=(0,))
+    kind="index", cpu="{x}[{idx}]", whole_inputs=(0,),
+    vjp=lambda ct, ins, outs: (scatter_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct,
+                                           ins[1:]),) + (None,) * (len(ins) - 1))
 
 
 def _scatter_add_shape(acc, v, *idx):
@@ -1047,11 +1080,9 @@ def _scatter_add_impl(acc, v, *idx):
     return out
 
 
-scatter_add_p = primitive("scatter_add", _scatter_add_shape, impl=_scatter_add_impl,
-                          kind="scatter", inplace=0)
-gather_p.vjp = lambda ct, ins, outs: (
-    scatter_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:]),) + (None,) * (len(ins) - 1)
-scatter_add_p.vjp = lambda ct, ins, outs: (ct, gather(ct, tuple(ins[2:]))) + (None,) * (len(ins) - 2)
+scatter_add_p = primitive(
+    "scatter_add", _scatter_add_shape, impl=_scatter_add_impl, kind="scatter", inplace=0,
+    vjp=lambda ct, ins, outs: (ct, gather(ct, tuple(ins[2:]))) + (None,) * (len(ins) - 2))
 
 
 def gather(x, idx):
@@ -1302,15 +1333,15 @@ def _linalg_cpu(fn):
     return lambda args, p: f"np.linalg.{fn}({', '.join(f'np.ascontiguousarray({a})' for a in args)})"
 
 
-det_p = primitive("det", lambda a: (Aval(a.aval.dtype, ()),), impl=np.linalg.det,
-                  cpu=_linalg_cpu("det"))
 # d det(A) = det(A) inv(A)^T
-det_p.vjp = lambda ct, ins, outs: (mul(ct, mul(outs[0], transpose(inv(ins[0])))),)
+det_p = primitive("det", lambda a: (Aval(a.aval.dtype, ()),), impl=np.linalg.det,
+                  cpu=_linalg_cpu("det"),
+                  vjp=lambda ct, ins, outs: (mul(ct, mul(outs[0], transpose(inv(ins[0])))),))
 
-inv_p = primitive("inv", _square_shape, impl=np.linalg.inv, cpu=_linalg_cpu("inv"))
 # d inv(A) = -inv(A)^T ct inv(A)^T
-inv_p.vjp = lambda ct, ins, outs: (
-    neg(matmul(matmul(transpose(outs[0]), ct), transpose(outs[0]))),)
+inv_p = primitive("inv", _square_shape, impl=np.linalg.inv, cpu=_linalg_cpu("inv"),
+                  vjp=lambda ct, ins, outs: (
+                      neg(matmul(matmul(transpose(outs[0]), ct), transpose(outs[0]))),))
 
 
 def _solve_vjp(ct, ins, outs):
@@ -1421,9 +1452,9 @@ def _cumsum_cpu(args, p):
 # of the cotangent the other way.
 cumsum_p = primitive("cumsum", lambda x, axis, ndim, reverse: (x.aval.update(weak=False),),
                      impl=lambda x, axis, ndim, reverse: _cumsum_impl(x, axis, reverse),
-                     cpu=_cumsum_cpu)
-cumsum_p.vjp = lambda ct, ins, outs, axis, ndim, reverse: (
-    bind(cumsum_p, ct, axis=axis, ndim=ndim, reverse=not reverse),)
+                     cpu=_cumsum_cpu,
+                     vjp=lambda ct, ins, outs, axis, ndim, reverse: (
+                         bind(cumsum_p, ct, axis=axis, ndim=ndim, reverse=not reverse),))
 
 
 def cumsum(x, axis=None, reverse=False):
@@ -1488,11 +1519,6 @@ def lift(x):
     if x.dtype.kind not in "biuf":
         raise TraceError(at(current_loc(), f"arrays of dtype {x.dtype} are not supported"))
     return bind(const_p, value=ConstArray(x))
-
-
-from . import tracing as _tracing  # noqa: E402
-
-_tracing.lift_array = lift
 
 
 # =============================================================================================
@@ -1566,22 +1592,3 @@ def index_update(x, idx, v):
                                             for d, r in zip(vs[::-1], region[::-1]))):
         v = broadcast_to(v, region)
     return bind(slice_set_p, x, v, *vals, *size_in, spec=spec, sizes=sizes)
-
-
-def _read_back_fold(x, *dyn, spec, sizes):
-    """``y[idx]`` right after ``y = x with y[idx] = v`` is ``v``: no need to keep ``y``'s
-    elements around (an adjoint reading them back would otherwise hold a copy of the array)."""
-    e = _producer(x)
-    if e is None or e.prim is not slice_set_p or e.p["spec"] != spec or e.p["sizes"] != sizes:
-        return NotImplemented
-    same = all(a is b or (isinstance(a, Lit) and isinstance(b, Lit) and a.value == b.value)
-               for a, b in zip(e.inputs[2:], dyn))
-    v = e.inputs[1]
-    if not same or len(e.inputs) - 2 != len(dyn) or DYN in sizes or v.aval.shape != tuple(sizes):
-        return NotImplemented
-    if isinstance(v, Lit):
-        return cast(v.value, x.aval.dtype)
-    return Tracer(v) if v.aval.dtype == x.aval.dtype else cast(Tracer(v), x.aval.dtype)
-
-
-slice_p.fold = _read_back_fold

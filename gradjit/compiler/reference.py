@@ -96,12 +96,12 @@ def evaluate_in(graph, args, outer_env=None, check=False):
             if not -n <= i < n:
                 raise IndexOutOfBounds(e.p["msg"])
             continue
-        if prim.name == "check_eq" or getattr(prim, "kind", None) == "check":
+        if prim.name == "check_eq" or prim.kind == "check":
             a, b = vals
             if int(a) != int(b):
                 raise ShapeError(e.p.get("msg", f"sizes {a} and {b} differ"))
             continue
-        rule = getattr(prim, "eval_rule", None) or prim.impl
+        rule = prim.eval_rule or prim.impl
         if rule is None:
             raise GradjitError(f"primitive '{prim.name}' has no reference implementation "
                                "(impl or eval_rule)")

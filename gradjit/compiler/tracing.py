@@ -142,12 +142,12 @@ def atom(x):
         return x
     if is_static_scalar(x):
         return Lit(x.item() if isinstance(x, np.generic) else x, lit_aval(x))
-    if isinstance(x, (np.ndarray, list)) and lift_array is not None:
-        return atom(lift_array(x))
+    if isinstance(x, (np.ndarray, list)):
+        # a constant of the graph (``const_p``, declared with the other primitives, which
+        # import this module)
+        from .primitives import lift
+        return atom(lift(x))
     raise TraceError(at(current_loc(), f"cannot use a value of type {type(x).__name__} here"))
-
-
-lift_array = None  # set by primitives: numpy array -> constant in the graph
 
 
 def aval_of(x):

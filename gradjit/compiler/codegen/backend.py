@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 from ...errors import GradjitError
+from .. import primitives as P
 
 
 class Backend:
@@ -24,6 +25,44 @@ class Backend:
 
     def emit_source(self, graph, what, target):
         raise NotImplementedError
+
+
+class RuleTable(dict):
+    """One lowering table of a backend: rules keyed by ``Primitive`` object.
+
+    ``register(*prims)`` is a decorator filing the rule under each of ``prims`` (a second rule
+    for a primitive is an error: one table, one rule); ``lookup(prim)`` is one dict access and
+    raises a ``GradjitError`` naming the primitive, the table and the backend where there is
+    no rule. A table may also be read with ``get`` where a missing rule is not an error."""
+
+    def __init__(self, backend, name, what):
+        super().__init__()
+        self.backend = backend  # for messages: "CPU"
+        self.name = name  # the table's name in its module
+        self.what = what  # what its rules lower, for messages
+
+    def register(self, *prims):
+        def deco(rule):
+            for p in prims:
+                if p in self:
+                    raise GradjitError(f"two {self.backend} rules for primitive '{p.name}' "
+                                       f"in {self.name}")
+                self[p] = rule
+            return rule
+        return deco
+
+    def lookup(self, prim):
+        rule = self.get(prim)
+        if rule is None:
+            raise GradjitError(f"no {self.backend} lowering for primitive '{prim.name}' in "
+                               f"{self.name} ({self.what})")
+        return rule
+
+
+def of_kind(*kinds):
+    """The primitives of these kinds, to register one rule for a whole family (every
+    elementwise primitive, every reduction): its members differ only in their templates."""
+    return [p for p in P.ALL.values() if p.kind in kinds]
 
 
 # target -> the module that defines its backend as ``BACKEND``

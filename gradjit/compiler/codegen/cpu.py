@@ -1,8 +1,21 @@
 """Lowering to numba: one plain-Python ``@njit`` function per compiled transform and signature.
 
-Loops come from ``schedule``; scalar expression templates come from the primitives'
-stanzas (``prim.cpu``); array statements are the small functions in ``ARRAY_RULES`` below,
-keyed by primitive. Every statement carries the IR equation it came from as a comment.
+How a primitive gets its CPU lowering: a rule in one of three tables below, keyed by the
+``Primitive`` object (``backend.RuleTable``) and filled by the table's ``register(*prims)``
+decorator.
+
+- ``LOOP_RULES``: its part of the body of a fused loop (a ``schedule.Loop``), written through
+  that loop's ``LoopBuilder``.
+- ``SCALAR_RULES``: outside loops, a small static or rank-0 result held as scalar locals; the
+  rule returns False where it does not apply.
+- ``ARRAY_RULES``: otherwise, a statement of its own (whole arrays, run-time checks,
+  control-flow regions).
+
+An elementwise primitive or a reduction needs only its scalar template (``prim.cpu`` in its
+stanza: ``str.format`` text over the operands, or a function of their texts and the params):
+one rule per kind is registered, at import, for every primitive of that kind, and fills it in.
+Where the schedule puts a primitive that has no rule, a ``GradjitError`` names it and the
+table. Every statement carries the IR equation it came from as a comment.
 
 Values of small static shape are held as one scalar local per element (``Emitter.sc``) and
 stored into an array only where one is needed (a result, a BLAS call, a loop over a run-time
@@ -26,8 +39,9 @@ import numpy as np
 from ...errors import GradjitError
 from .. import primitives as P
 from ..ir import Lit, Namer, Var, fmt_aval
+from .backend import Backend, RuleTable, of_kind
 from .schedule import Loop, drop_copies, is_small, row_matmul, schedule
-from .backend import Backend
+
 
 # fastmath flags, set here only (``_decorator``). 'contract' fuses multiply-adds (one rounding
 # fewer); nothing else, so nan, inf and -0.0 give numpy's results: not 'nnan'/'ninf' (assume
@@ -82,6 +96,11 @@ def lit_text(a, dtype=None):
 
 
 class Emitter:
+    """The source of one kernel function for a flat graph: ``function`` runs the schedule's
+    items through the rule tables (``loop``: LOOP_RULES; ``stmt``: SCALAR_RULES, then
+    ARRAY_RULES), appending lines to ``lines``. Names come from ``name``, in order of first
+    use, so the order in which rules ask for texts is part of the generated source."""
+
     def __init__(self, graph, target="cpu", jit=True):
         self.g = graph
         self.target = target
@@ -90,7 +109,6 @@ class Emitter:
         self.lines = []
         self.consts = []
         self.fresh = set()  # arrays allocated by the kernel itself (safe to return / mutate)
-        self._post = []  # statements to run after the current loop
         self.uses = {}
         for e in graph.eqns:
             for a in e.inputs:
@@ -170,6 +188,15 @@ class Emitter:
         if dims:  # a 1 would broadcast: such shapes have their own signature
             self.emit(f"if {' or '.join(f'{self.name(d)} == 1' for d in dims)}:")
             self.emit(f"raise UnitAxis({UNIT_MSG!r})", 2)
+        self.emit_schedule()
+        outs = self.results(into)
+        deco = _decorator(self.jit, self.target)
+        body = "\n".join(self.lines)
+        consts = "".join(f"{c}\n" for c in self.consts)
+        return f"{consts}\n{deco}def {fname}({', '.join(args + outs)}):\n{body}\n"
+
+    def emit_schedule(self):
+        """The statements of the graph: its equations scheduled into loops and statements."""
         items, self.dims = schedule(self.g)
         self.set_order(items)
         for it in items:
@@ -177,6 +204,10 @@ class Emitter:
                 self.loop(it)
             else:
                 self.stmt(it.eqn)
+
+    def results(self, into):
+        """Emit the return statement (after writing the array results into the arrays passed
+        in, when ``into``); the names of those arrays."""
         rets, outs = [], []
         for a in self.g.outputs:
             if into and a.aval.ndim:
@@ -198,45 +229,55 @@ class Emitter:
             self.emit(f"return {rets[0]}")
         else:
             self.emit(f"return ({', '.join(rets)})" if rets else "return")
-        deco = _decorator(self.jit, self.target)
-        body = "\n".join(self.lines)
-        consts = "".join(f"{c}\n" for c in self.consts)
-        return f"{consts}\n{deco}def {fname}({', '.join(args + outs)}):\n{body}\n"
+        return outs
 
-    # -- scalar and array statements -----------------------------------------------------------
+    # -- statements and fused loops ------------------------------------------------------------
 
     def stmt(self, e):
-        out = e.outputs
-        if e.prim.kind == "check":
-            a, b = e.inputs
-            msg = dict(e.params)["msg"]
-            if e.prim is P.check_index_p:
-                self.emit(f"if not -{self.n(b)} <= {self.n(a)} < {self.n(b)}:",
-                          comment=self.eqn_text(e))
-                self.emit(f"raise IndexOutOfBounds({msg!r})", 2)
-                return
-            self.emit(f"if {self.n(a)} != {self.n(b)}:", comment=self.eqn_text(e))
-            self.emit(f"raise ShapeError({msg!r})", 2)
+        """``e`` outside loops: held as scalar locals where its SCALAR_RULES rule takes it,
+        else a statement of its own (ARRAY_RULES)."""
+        held = SCALAR_RULES.get(e.prim)
+        if held is not None and len(e.outputs) == 1 and held(self, e):
             return
-        if self.scalarize(e):
-            return
-        rule = ARRAY_RULES.get(e.prim)
-        if rule is not None:
-            rule(self, e)
-            return
-        if e.prim.kind in ("elementwise", "iota", "index") and all(v.aval.ndim == 0 for v in out):
-            self.emit(f"{self.n(out[0])} = {self.expr(e, [self.n(a) for a in e.inputs], [])}",
-                      comment=self.eqn_text(e))
-            return
-        raise GradjitError(f"no CPU lowering for primitive '{e.prim.name}'")
+        ARRAY_RULES.lookup(e.prim)(self, e)
+
+    def loop(self, L):
+        """One loop nest over ``L.shape``, each equation's part written by its LOOP_RULES rule;
+        the static trailing axes of each value (its tail) are unrolled, each element a scalar
+        temporary."""
+        lb = LoopBuilder(self, L)
+        for e in L.eqns:
+            lb.cur = e
+            # made first: names go in order of first use, and this names e's values
+            lb.comment = "# " + self.eqn_text(e)
+            # p + q that the schedule folds into the sum p this loop accumulates (L.sums)
+            rule = _into_sum if L.sums.get(e.outputs[0]) else LOOP_RULES.lookup(e.prim)
+            rule(lb, e)
+        # loops read their operands and make new arrays (but rules that update one in place)
+        self.loop_done.update(id(e) for e in L.eqns if id(e) not in lb.in_place)
+        lb.emit_nest()
 
     def expr(self, e, args, idx):
+        """The scalar expression of ``e`` over the operand texts ``args``: its template."""
         if id(e) in self.running:  # reassociable, as a reduction's accumulator is
             return f"gj_acc_add({args[0]}, {args[1]})"
         tpl = e.prim.cpu
         if callable(tpl):
             return tpl(args, e.p)
         return tpl.format(*args)
+
+    def index(self, shape, loop_shape, idx):
+        """Index expression of an operand of ``shape`` read inside a loop over ``loop_shape``."""
+        r, rl = len(shape), len(loop_shape)
+        parts = []
+        for k, d in enumerate(shape):
+            lk = rl - r + k
+            ld = loop_shape[lk]
+            if isinstance(d, int) and d == 1 and not (isinstance(ld, int) and ld == 1):
+                parts.append("0")
+            else:
+                parts.append(idx[lk])
+        return ", ".join(parts)
 
     # -- small static values as scalars -----------------------------------------------------------
 
@@ -283,391 +324,170 @@ class Emitter:
                 names.append(t)
         self.sc[v] = names
 
-    def scalarize(self, e):
-        """Lower ``e`` element by element when its result is small and static; False if not."""
-        if len(e.outputs) != 1:
-            return False
-        v = e.outputs[0]
-        kind, prim = e.prim.kind, e.prim
-        out_small = is_small(v.aval.shape)
-        if kind in ("elementwise", "iota") and out_small:
-            shape = v.aval.shape
-            data = [a for a in e.inputs if _is_data(e, a)]
-            exprs = []
-            for k in range(_size(shape)):
-                c = _unravel(k, shape)
-                if kind == "iota":
-                    x = str(c[-1])
-                    exprs.append(f"np.{e.p['dtype']}({x})" if e.p["dtype"].startswith("float") else x)
-                else:
-                    args = [self.elem(a, _bcast(c, a)) for a in data]
-                    exprs.append(_algebra(e, args, self.expr(e, args, [])))
-            self.hold(e, v, exprs)
+
+class LoopBuilder:
+    """One fused loop being emitted (``Emitter.loop``): what its LOOP_RULES rules write into,
+    and the operand helpers they share. ``body``: the statements of the innermost loop (and
+    ``_Inner`` loops over a matrix row); ``pre``: statements before the nest (allocations,
+    accumulators); ``post``: statements after it; ``rows``: loop depth -> (accumulator inits,
+    stores) of row reductions; ``temps``: value computed in the loop -> its elements' texts
+    (C order of its tail). A rule clears ``parallel_ok`` when iterations of the outer loop
+    write the same element (prange would race), and adds to ``in_place`` the ids of
+    equations whose result updates an operand's array."""
+
+    def __init__(self, em, L):
+        self.em, self.L = em, L
+        self.rank = len(L.shape)
+        self.idx = [f"i{k}" for k in range(self.rank)]
+        self.body, self.pre, self.post = [], [], []
+        self.temps = {}
+        self.reads = {}  # text of an operand element -> the local it is loaded into
+        self.rows = {}
+        self.taken = set()  # kernel arrays a result overwrites (``reusable``)
+        self.in_place = set()
+        self.parallel_ok = em.target == "parallel" and self.rank > 0
+        self.runs = _row_runs(L, em.producer)
+        self.cur = self.comment = None  # the equation being lowered and its comment line
+
+    def tail(self, v):
+        return tuple(v.aval.shape[self.rank:])
+
+    def materialized(self, v):
+        if v in self.em.outputs:
             return True
-        if kind == "reduce" and is_small(e.inputs[0].aval.shape) and (out_small or v.aval.ndim == 0):
-            x = e.inputs[0]
-            axes = e.p["axes"]
-            groups = {}
-            for k in range(_size(x.aval.shape)):
-                c = _unravel(k, x.aval.shape)
-                oc = tuple(c[j] for j in range(len(c)) if j not in axes)
-                groups.setdefault(_ravel(oc, v.aval.shape), []).append(self.elem(x, c))
-            exprs = [_combine(e.prim.cpu, groups[k]) for k in range(len(groups))]
-            self.hold(e, v, exprs)
-            return True
-        if prim is P.slice_p and _static_spec(e.p["spec"]) and (out_small or v.aval.ndim == 0) \
-                and (is_small(e.inputs[0].aval.shape)):
-            x = e.inputs[0]
-            axes = _static_index(e.p["spec"], x.aval.shape)
-            exprs = [self.elem(x, c) for c in itertools.product(*(ix for _, ix in axes))]
-            self.hold(e, v, exprs)
-            return True
-        if prim is P.slice_add_p and _static_spec(e.p["spec"]) and out_small:
-            acc, val = e.inputs[:2]
-            shape = acc.aval.shape
-            axes = _static_index(e.p["spec"], shape)
-            sl_shape = tuple(len(ix) for keep, ix in axes if keep)
-            exprs = self.elems(acc)
-            for j, c in enumerate(itertools.product(*(ix for _, ix in axes))):
-                pos = _ravel(c, shape)
-                add = self.elem(val, _bcast(_unravel(j, sl_shape), val))
-                exprs[pos] = add if exprs[pos] in ("0", "0.0") else f"({exprs[pos]} + {add})"
-            self.hold(e, v, exprs)
-            return True
-        if prim is P.reshape_p and (out_small or v.aval.ndim == 0) and (
-                e.inputs[0].aval.ndim == 0 or is_small(e.inputs[0].aval.shape)):
-            x = e.inputs[0]
-            exprs = [self.elem(x, ())] * _size(v.aval.shape) if x.aval.ndim == 0 else self.elems(x)
-            self.hold(e, v, exprs)
-            return True
-        if prim is P.transpose_p and out_small:
-            x = e.inputs[0]
-            perm = e.p["perm"]
-            exprs = []
-            for k in range(_size(v.aval.shape)):
-                c = _unravel(k, v.aval.shape)
-                ic = [0] * len(perm)
-                for j, p in enumerate(perm):
-                    ic[p] = c[j]
-                exprs.append(self.elem(x, tuple(ic)))
-            self.hold(e, v, exprs)
-            return True
-        if prim is P.const_p and out_small:
-            arr = e.p["value"].array
-            self.hold(e, v, [lit_text(Lit(x, P.Aval(arr.dtype.name))) for x in arr.ravel().tolist()])
-            return True
-        if prim is P.concat_p and out_small and not e.p["dynamic"]:
-            axis = e.p["axis"]
-            exprs = []
-            for k in range(_size(v.aval.shape)):
-                c = list(_unravel(k, v.aval.shape))
-                for x in e.inputs:
-                    n = x.aval.shape[axis]
-                    if c[axis] < n:
-                        exprs.append(self.elem(x, tuple(c)))
-                        break
-                    c[axis] -= n
-            self.hold(e, v, exprs)
-            return True
-        return False
+        return any(u not in self.L.eqns for u in self.em.uses.get(v, []))
 
-    # -- fused loops ---------------------------------------------------------------------------
+    def load(self, text, a):
+        if text not in self.reads:
+            self.reads[text] = f"r{len(self.reads)}_{self.em.name(a)}"
+            self.body.append(f"{self.reads[text]} = {text}")
+        return self.reads[text]
 
-    def loop(self, L):
-        """One loop nest over ``L.shape``; the static trailing axes of each value (its tail)
-        are unrolled, each element a scalar temporary."""
-        rank = len(L.shape)
-        idx = [f"i{k}" for k in range(rank)]
-        body, pre = [], []
-        temps = {}  # value computed in the loop -> its elements' texts (C order of its tail)
-        reads = {}
+    def read(self, a, lead=None):
+        """An operand of gathers/scatters (tail-less loops; index arrays on ``lead`` axes)."""
+        if isinstance(a, Lit):
+            return lit_text(a)
+        if a in self.temps:
+            return self.temps[a][0]
+        if a.aval.ndim == 0:
+            return self.em.name(a)
+        ls = self.L.shape if lead is None else self.L.shape[:lead]
+        ix = self.em.index(a.aval.shape, ls, self.idx[:len(ls)])
+        return self.load(f"{self.em.n(a)}[{ix}]", a)
 
-        def tail(v):
-            return tuple(v.aval.shape[rank:])
-
-        def materialized(v):
-            if v in self.outputs:
-                return True
-            return any(u not in L.eqns for u in self.uses.get(v, []))
-
-        def load(text, a):
-            if text not in reads:
-                reads[text] = f"r{len(reads)}_{self.name(a)}"
-                body.append(f"{reads[text]} = {text}")
-            return reads[text]
-
-        def read(a, lead=None):
-            """An operand of gathers/scatters (tail-less loops; index arrays on ``lead`` axes)."""
-            if isinstance(a, Lit):
-                return lit_text(a)
-            if a in temps:
-                return temps[a][0]
-            if a.aval.ndim == 0:
-                return self.name(a)
-            ls = L.shape if lead is None else L.shape[:lead]
-            return load(f"{self.n(a)}[{self.index(a.aval.shape, ls, idx[:len(ls)])}]", a)
-
-        def at(a, shape, c):
-            """Operand ``a`` at tail coordinates ``c`` of a result of ``shape`` (broadcast)."""
-            if isinstance(a, Lit):
-                return lit_text(a)
-            if a.aval.ndim == 0:
-                return self.name(a)
-            if a in temps:
-                ta = tail(a)
-                cc = tuple(0 if d == 1 else c[len(c) - len(ta) + j] for j, d in enumerate(ta))
-                return temps[a][_ravel(cc, ta)]
-            off = len(shape) - a.aval.ndim
-            parts = []
-            for j, d in enumerate(a.aval.shape):
-                pos = off + j
-                one = isinstance(d, int) and d == 1
-                if pos < rank:
-                    parts.append("0" if one and not _is_one(L.shape[pos]) else idx[pos])
-                else:
-                    parts.append(0 if one else c[pos - rank])
-            if a in self.sc and a not in self.arrays and all(isinstance(p, int) for p in parts):
-                return self.sc[a][_ravel(parts, a.aval.shape)]
-            return load(f"{self.n(a)}[{', '.join(map(str, parts)) or '()'}]", a)
-
-        def reusable(v):
-            """An array that ``v`` (computed by ``cur``) may overwrite: allocated by the kernel,
-            of v's shape and dtype, read by earlier loops and, in this one, only up to ``cur``
-            and elementwise at v's coordinates (each element is read before v's is stored)."""
-            full = self.dims.shape(v.aval.shape)
-            upto = L.eqns[:L.eqns.index(cur) + 1]
-            for a in dict.fromkeys(a for u in upto for a in u.inputs):
-                if not isinstance(a, Var) or a in temps or a in L.pending or a in self.outputs \
-                        or a in self.sc \
-                        or a not in self.fresh or a in taken or a.aval.dtype != v.aval.dtype \
-                        or a in self.g.inputs or self.dims.shape(a.aval.shape) != full:
-                    continue
-                if all(id(u) in self.loop_done or (
-                        u in upto and u.prim.kind == "elementwise" and len(u.outputs) == 1
-                        and self.dims.shape(u.outputs[0].aval.shape) == full)
-                       for u in self.uses.get(a, [])):
-                    taken.add(a)
-                    return a
-            return None
-
-        def store(v, exprs, comment):
-            """``v``'s elements are ``exprs``: named temporaries, stored if read outside."""
-            T = tail(v)
-            if comment:
-                body.append(comment)
-            names = []
-            for k, x in enumerate(exprs):
-                if _ATOM.fullmatch(x) and not materialized(v):
-                    names.append(x)
-                    continue
-                t = f"t_{self.name(v)}" + (f"_{k}" if T else "")
-                body.append(f"{t} = {x}")
-                names.append(t)
-            temps[v] = names
-            if materialized(v):
-                buf = reusable(v)
-                if buf is not None:  # read at the same place just before: write over it
-                    pre.append(f"{self.name(v)} = {self.name(buf)}")
-                else:
-                    pre.append(f"{self.name(v)} = np.empty({self.shape_text(tuple(L.shape) + T)}, "
-                               f"{np_dtype(v.aval.dtype)})")
-                self.fresh.add(v)
-                for k, t in enumerate(names):
-                    ix = idx + [str(x) for x in _unravel(k, T)]
-                    body.append(f"{self.name(v)}[{', '.join(ix) or '()'}] = {t}")
-
-        parallel_ok = self.target == "parallel" and rank > 0
-        rows = {}  # loop depth -> (accumulator inits, stores) of row reductions
-        taken = set()
-        runs, run = {}, None  # row products next to each other with the same matrix
-        for e in L.eqns:
-            mm = row_matmul(e, self.producer) if e.prim is P.matmul_p else None
-            if mm is not None and run and run[0][1][1] is mm[1]:
-                run.append((e, mm))
-            elif mm is not None:
-                run = runs[id(e)] = [(e, mm)]
+    def at(self, a, shape, c):
+        """Operand ``a`` at tail coordinates ``c`` of a result of ``shape`` (broadcast)."""
+        em, rank = self.em, self.rank
+        if isinstance(a, Lit):
+            return lit_text(a)
+        if a.aval.ndim == 0:
+            return em.name(a)
+        if a in self.temps:
+            ta = self.tail(a)
+            cc = tuple(0 if d == 1 else c[len(c) - len(ta) + j] for j, d in enumerate(ta))
+            return self.temps[a][_ravel(cc, ta)]
+        off = len(shape) - a.aval.ndim
+        parts = []
+        for j, d in enumerate(a.aval.shape):
+            pos = off + j
+            one = isinstance(d, int) and d == 1
+            if pos < rank:
+                parts.append("0" if one and not _is_one(self.L.shape[pos]) else self.idx[pos])
             else:
-                run = None
-        for e in L.eqns:
-            cur = e
-            v = e.outputs[0]
-            kind = e.prim.kind
-            comment = "# " + self.eqn_text(e)
-            shape = v.aval.shape
-            mm = row_matmul(e, self.producer) if e.prim is P.matmul_p else None
-            if mm is not None:
-                # one inner loop over the row of X for the run: X @ w a dot product per row,
-                # X.T @ r or r @ X the row times r[i] accumulated
-                if id(e) not in runs:
-                    continue  # in the inner loop of its run
-                X = mm[1]
-                a = f"{self.n(X)}[{idx[0]}, j0]"
-                inner, dots, sums = [], [], []
-                if len(runs[id(e)]) > 1:  # each element read once
-                    inner.append(f"{self.name(X)}_ij = {a}")
-                    a = f"{self.name(X)}_ij"
-                for u, (how, _, w) in runs[id(e)]:
-                    out = u.outputs[0]
-                    body.append("# " + self.eqn_text(u))
-                    if how == "dot":
-                        d = f"d_{self.name(out)}"
-                        body.append(f"{d} = {lit_text(Lit(0, P.Aval(out.aval.dtype)))}")
-                        inner.append(f"{d} = gj_acc_add({d}, {a} * {self.n(w)}[j0])")
-                        dots.append((u, out, d))
-                    else:
-                        pre.append(f"{self.name(out)} = np.zeros({self.shape_text(out.aval.shape)}"
-                                   f", {np_dtype(out.aval.dtype)})")
-                        self.fresh.add(out)
-                        sums.append(f"{self.name(out)}[j0] += {a} * {at(w, w.aval.shape, ())}")
-                        parallel_ok = False
-                # loads before stores: the vectoriser does better
-                body.append(_Inner(f"for j0 in range({self.dim(X.aval.shape[1])}):", inner, sums,
-                                   bool(dots)))
-                for cur, out, d in dots:
-                    store(out, [d], None)
-            elif v in L.sums:  # p + q or p - q, p summed by this loop: q added into p's array
-                p, q, sign = L.sums[v]
-                pre.append(f"{self.name(v)} = {self.name(p)}")
-                self.fresh.add(v)
-                body += [comment, f"{self.name(v)}[{idx[0]}] {sign}= {at(q, shape, ())}"]
-            elif e.prim is P.reshape_p:
-                x = e.inputs[0]
-                store(v, [at(x, x.aval.shape, _unravel(k, tail(x))) for k in range(_size(tail(x)))],
-                      comment)
-            elif e.prim is P.slice_add_p:
-                acc, val = e.inputs[:2]
-                T = tail(acc)
-                exprs = [at(acc, shape, _unravel(k, T)) for k in range(_size(T))]
-                sel = _static_index(e.p["spec"][rank:], T)
-                sl = tuple(len(ix) for keep, ix in sel if keep)
-                for j, c in enumerate(itertools.product(*(ix for _, ix in sel))):
-                    pos = _ravel(c, T)
-                    add = at(val, tuple(L.shape) + sl, _unravel(j, sl))
-                    exprs[pos] = add if exprs[pos] in ("0", "0.0") else f"({exprs[pos]} + {add})"
-                store(v, exprs, comment)
-            elif kind in ("elementwise", "iota", "index"):
-                if kind == "iota":
-                    expr = idx[-1] if rank else "0"
-                    if e.p["dtype"].startswith("float"):
-                        expr = f"np.{e.p['dtype']}({expr})"
-                    exprs = [expr]
-                elif kind == "index":
-                    x = e.inputs[0]
-                    lead = rank - max(x.aval.ndim - (len(e.inputs) - 1), 0)
-                    ivals = [read(a, lead) for a in e.inputs[1:]]
-                    trail = idx[lead:]
-                    exprs = [f"{self.n(x)}[{', '.join(ivals + trail)}]"]
-                else:
-                    data = [a for a in e.inputs if _is_data(e, a)]
-                    exprs = []
-                    for k in range(_size(tail(v))):
-                        args = [at(a, shape, _unravel(k, tail(v))) for a in data]
-                        exprs.append(_algebra(e, args, self.expr(e, args, idx)))
-                store(v, exprs, comment)
-            elif kind == "reduce":
-                x = e.inputs[0]
-                xs = x.aval.shape
-                Tx = tail(x)
-                axes = e.p["axes"]
-                tpl = e.prim.cpu
-                init = e.prim.init
-                dt = v.aval.dtype
-                groups = {}
-                for k in range(_size(Tx)):
-                    c = _unravel(k, Tx)
-                    oc = tuple(c[j - rank] for j in range(rank, len(xs)) if j not in axes)
-                    groups.setdefault(oc, []).append(at(x, xs, c))
-                kept = [k for k in range(rank) if k not in axes]
-                if all(a >= rank for a in axes):  # within a row: complete in this iteration
-                    exprs = []
-                    exprs = [_combine(tpl, groups[oc]) for oc in sorted(groups)]
-                    store(v, exprs, comment)
-                    continue
-                body.append(comment)
-                if not kept:  # scalar accumulators, one per element of the result
-                    acc_dt = "float64" if dt == "float32" and e.prim.name == "reduce_sum" else dt
-                    accs = [self.name(v)] if v.aval.ndim == 0 else \
-                        [f"{self.name(v)}_{k}" for k in range(len(groups))]
-                    par = getattr(e.prim, "par_cpu", None)
-                    upd = par if par and self.target == "parallel" else tpl
-                    for acc, oc in zip(accs, sorted(groups)):
-                        pre.append(f"{acc} = {lit_text(Lit(init, P.Aval(acc_dt)))}")
-                        # one update per iteration (the form prange recognises as a reduction)
-                        body.append(f"{acc} = {upd.format(_combine(tpl, groups[oc]), acc=acc)}")
-                        if acc_dt != dt:
-                            self._post.append(f"{acc} = np.{dt}({acc})")
-                    if v.aval.ndim:
-                        self.sc[v] = accs
-                    if par is None:
-                        parallel_ok = False
-                elif kept == list(range(len(kept))) and rank > len(kept) > 0:
-                    # a row reduction (the reduced loop axes are the inner ones): a local
-                    # accumulator per row, stored once the inner loops end, so that LLVM
-                    # keeps it in a register and can vectorise the inner loop
-                    m = len(kept)
-                    acc_dt = "float64" if dt == "float32" and e.prim.name == "reduce_sum" else dt
-                    inits, stores = rows.setdefault(m, ([], []))
-                    pre.append(f"{self.name(v)} = np.empty({self.shape_text(v.aval.shape)}, "
-                               f"{np_dtype(dt)})")
-                    self.fresh.add(v)
-                    for j, oc in enumerate(sorted(groups)):
-                        acc = f"a_{self.name(v)}" + (f"_{j}" if len(groups) > 1 else "")
-                        inits.append(f"{acc} = {lit_text(Lit(init, P.Aval(acc_dt)))}")
-                        body.append(f"{acc} = {tpl.format(_combine(tpl, groups[oc]), acc=acc)}")
-                        ref = f"{self.name(v)}[{', '.join(idx[:m] + [str(i) for i in oc])}]"
-                        stores.append(f"{ref} = {acc}")
-                else:
-                    pre.append(f"{self.name(v)} = np.full({self.shape_text(v.aval.shape)}, "
-                               f"{lit_text(Lit(init, P.Aval(dt)))}, {np_dtype(dt)})")
-                    self.fresh.add(v)
-                    for oc in sorted(groups):
-                        ref = f"{self.name(v)}[{', '.join([idx[k] for k in kept] + [str(i) for i in oc])}]"
-                        body.append(f"{ref} = {tpl.format(_combine(tpl, groups[oc]), acc=ref)}")
-                    if 0 not in kept:
-                        parallel_ok = False
-            elif kind == "scatter":
-                acc, val = e.inputs[0], e.inputs[1]
-                pre.append(f"{self.name(v)} = {_in_place(self, acc, e)}")
-                self.fresh.add(v)
-                lead = len(idx) - max(acc.aval.ndim - (len(e.inputs) - 2), 0)
-                ivals = [read(a, lead) for a in e.inputs[2:]]
-                trail = idx[lead:]
-                body.append(comment)
-                body.append(f"{self.name(v)}[{', '.join(ivals + trail)}] += {read(val)}")
-                parallel_ok = False
+                parts.append(0 if one else c[pos - rank])
+        if a in em.sc and a not in em.arrays and all(isinstance(p, int) for p in parts):
+            return em.sc[a][_ravel(parts, a.aval.shape)]
+        return self.load(f"{em.n(a)}[{', '.join(map(str, parts)) or '()'}]", a)
+
+    def reusable(self, v):
+        """An array that ``v`` (computed by ``cur``) may overwrite: allocated by the kernel,
+        of v's shape and dtype, read by earlier loops and, in this one, only up to ``cur``
+        and elementwise at v's coordinates (each element is read before v's is stored)."""
+        em, L = self.em, self.L
+        full = em.dims.shape(v.aval.shape)
+        upto = L.eqns[:L.eqns.index(self.cur) + 1]
+        for a in dict.fromkeys(a for u in upto for a in u.inputs):
+            if not isinstance(a, Var) or a in self.temps or a in L.pending or a in em.outputs \
+                    or a in em.sc \
+                    or a not in em.fresh or a in self.taken or a.aval.dtype != v.aval.dtype \
+                    or a in em.g.inputs or em.dims.shape(a.aval.shape) != full:
+                continue
+            if all(id(u) in em.loop_done or (
+                    u in upto and u.prim.kind == "elementwise" and len(u.outputs) == 1
+                    and em.dims.shape(u.outputs[0].aval.shape) == full)
+                   for u in em.uses.get(a, [])):
+                self.taken.add(a)
+                return a
+        return None
+
+    def store(self, v, exprs, comment):
+        """``v``'s elements are ``exprs``: named temporaries, stored if read outside."""
+        em = self.em
+        T = self.tail(v)
+        if comment:
+            self.body.append(comment)
+        names = []
+        for k, x in enumerate(exprs):
+            if _ATOM.fullmatch(x) and not self.materialized(v):
+                names.append(x)
+                continue
+            t = f"t_{em.name(v)}" + (f"_{k}" if T else "")
+            self.body.append(f"{t} = {x}")
+            names.append(t)
+        self.temps[v] = names
+        if self.materialized(v):
+            buf = self.reusable(v)
+            if buf is not None:  # read at the same place just before: write over it
+                self.pre.append(f"{em.name(v)} = {em.name(buf)}")
             else:
-                raise GradjitError(f"primitive {e.prim.name} cannot be fused into a loop")
-        # loops read their operands and make new arrays (scatters may alias theirs)
-        self.loop_done.update(id(e) for e in L.eqns if e.prim.kind != "scatter")
-        for line in pre:
-            self.emit(line)
+                self.pre.append(f"{em.name(v)} = np.empty("
+                                f"{em.shape_text(tuple(self.L.shape) + T)}, "
+                                f"{np_dtype(v.aval.dtype)})")
+            em.fresh.add(v)
+            for k, t in enumerate(names):
+                ix = self.idx + [str(x) for x in _unravel(k, T)]
+                self.body.append(f"{em.name(v)}[{', '.join(ix) or '()'}] = {t}")
+
+    def alloc(self, v, how):
+        """Allocate the kernel's array for ``v`` before the loop (``how``: the text after
+        ``=``); the loop accumulates into it."""
+        self.pre.append(f"{self.em.name(v)} = {how}")
+        self.em.fresh.add(v)
+
+    # -- the nest ------------------------------------------------------------------------------
+
+    def emit_nest(self):
+        """Emit what the rules wrote: allocations, the loop nest, what follows it."""
+        em, body, rank = self.em, self.body, self.rank
+        for line in self.pre:
+            em.emit(line)
         # a row read into dot products and sums at once: load and store each sum once per
         # two rows (rows read only into sums, as in X.T @ r, gain nothing measurable)
-        if rank == 1 and not parallel_ok and any(isinstance(b, _Inner) and b.sums and b.dots
-                                                 for b in body):
-            self._two_rows(L, body, pre)
+        if rank == 1 and not self.parallel_ok and any(isinstance(b, _Inner) and b.sums and b.dots
+                                                      for b in body):
+            self._two_rows()
         else:
             depth = 1
             for k in range(rank):
-                rng = "prange" if (k == 0 and parallel_ok) else "range"
-                self.emit(f"for {idx[k]} in {rng}({self.dim(L.shape[k])}):", depth)
+                rng = "prange" if (k == 0 and self.parallel_ok) else "range"
+                em.emit(f"for {self.idx[k]} in {rng}({em.dim(self.L.shape[k])}):", depth)
                 depth += 1
-                for line in rows.get(k + 1, ((), ()))[0]:
-                    self.emit(line, depth)
+                for line in self.rows.get(k + 1, ((), ()))[0]:
+                    em.emit(line, depth)
             for line in _lines(body):
-                self.emit(line, depth)
-            for m in sorted(rows, reverse=True):  # after the inner loops of that row
-                for line in rows[m][1]:
-                    self.emit(line, m + 1)
-        for line in self._post:
-            self.emit(line)
-        self._post = []
+                em.emit(line, depth)
+            for m in sorted(self.rows, reverse=True):  # after the inner loops of that row
+                for line in self.rows[m][1]:
+                    em.emit(line, m + 1)
+        for line in self.post:
+            em.emit(line)
 
-    def _two_rows(self, L, body, pre):
+    def _two_rows(self):
         """Emit a row loop two rows at a time, the inner loops of both rows jammed into one, so
         that each element of a sum is loaded and stored once per two rows (an odd last row
         runs alone). Rows are independent but for sums, which may add in any order."""
-        shared = {m.group(1) for ln in pre if (m := _ASSIGN.match(ln))}
+        em, body = self.em, self.body
+        shared = {m.group(1) for ln in self.pre if (m := _ASSIGN.match(ln))}
         mine = {m.group(1) for b in body for ln in ([b] if isinstance(b, str) else b.loads)
                 if (m := _ASSIGN.match(ln))} - shared
         pat = re.compile(r"\b(" + "|".join(sorted(map(re.escape, mine | {"i0"}))) + r")\b")
@@ -675,16 +495,17 @@ class Emitter:
         def second(ln):  # the same statement for row i1
             return pat.sub(lambda m: "i1" if m.group(1) == "i0" else m.group(1) + "_b", ln)
 
-        n = self.dim(L.shape[0])
-        self.emit(f"for i0 in range(0, {n} - 1, 2):  # rows i0 and i1 at once")
-        self.emit("i1 = i0 + 1", 2)
+        n = em.dim(self.L.shape[0])
+        em.emit(f"for i0 in range(0, {n} - 1, 2):  # rows i0 and i1 at once")
+        em.emit("i1 = i0 + 1", 2)
         k = 0
         while k < len(body):
             if isinstance(body[k], _Inner):
                 b = body[k]
-                self.emit(b.head, 2)
-                for ln in b.loads + [second(x) for x in b.loads] + b.sums + [second(x) for x in b.sums]:
-                    self.emit(ln, 3)
+                em.emit(b.head, 2)
+                for ln in b.loads + [second(x) for x in b.loads] + b.sums + \
+                        [second(x) for x in b.sums]:
+                    em.emit(ln, 3)
                 k += 1
                 continue
             seg = []
@@ -692,25 +513,27 @@ class Emitter:
                 seg.append(body[k])
                 k += 1
             for ln in seg + [second(x) for x in seg if not x.startswith("#")]:
-                self.emit(ln, 2)
-        self.emit(f"if {n} % 2 == 1:")
-        self.emit(f"i0 = {n} - 1", 2)
+                em.emit(ln, 2)
+        em.emit(f"if {n} % 2 == 1:")
+        em.emit(f"i0 = {n} - 1", 2)
         for line in _lines(body):
             if not line.lstrip().startswith("#"):
-                self.emit(line, 2)
+                em.emit(line, 2)
 
-    def index(self, shape, loop_shape, idx):
-        """Index expression of an operand of ``shape`` read inside a loop over ``loop_shape``."""
-        r, rl = len(shape), len(loop_shape)
-        parts = []
-        for k, d in enumerate(shape):
-            lk = rl - r + k
-            ld = loop_shape[lk]
-            if isinstance(d, int) and d == 1 and not (isinstance(ld, int) and ld == 1):
-                parts.append("0")
-            else:
-                parts.append(idx[lk])
-        return ", ".join(parts)
+
+def _row_runs(L, producer):
+    """id(first product) -> [(product, row_matmul(product))]: the row products of ``L``
+    next to each other with the same matrix, which share one inner loop over its row."""
+    runs, run = {}, None
+    for e in L.eqns:
+        mm = row_matmul(e, producer)
+        if mm is not None and run and run[0][1][1] is mm[1]:
+            run.append((e, mm))
+        elif mm is not None:
+            run = runs[id(e)] = [(e, mm)]
+        else:
+            run = None
+    return runs
 
 
 _ATOM = re.compile(r"[A-Za-z_]\w*|-?\d+(\.\d*)?(e[-+]?\d+)?|True|False")
@@ -791,27 +614,39 @@ def _fold(expr):
     return expr
 
 
-_ZERO, _ONE = ("0", "0.0", "-0.0"), ("1", "1.0")
+_ZERO, _ONE, _MINUS_ONE = ("0", "0.0", "-0.0"), ("1", "1.0"), ("-1", "-1.0")
+
+
+def _mul_identity(a, b, dt):
+    if (a in _ZERO or b in _ZERO) and dt == "int64":  # nan * 0 is nan
+        return lit_text(Lit(0, P.Aval(dt)))
+    if a in _ONE or b in _ONE:
+        return b if a in _ONE else a
+    if a in _MINUS_ONE or b in _MINUS_ONE:
+        return f"(-{b if a in _MINUS_ONE else a})"
+    return None
+
+
+def _add_identity(a, b, dt):
+    return b if a in _ZERO else (a if b in _ZERO else None)
+
+
+# primitive -> (a, b, dtype) -> the simpler text of ``a op b``, or None
+_IDENTITIES = {
+    P.mul_p: _mul_identity,
+    P.add_p: _add_identity,
+    P.sub_p: lambda a, b, dt: a if b in _ZERO else None,
+}
 
 
 def _algebra(e, args, expr):
     """x*0, x*1, x+0, x-0 on element texts, as the IR simplifier folds them on values."""
-    name, dt = e.prim.name, e.outputs[0].aval.dtype
-    if dt not in ("float64", "int64") or len(args) != 2:
+    dt = e.outputs[0].aval.dtype
+    rule = _IDENTITIES.get(e.prim)
+    if rule is None or dt not in ("float64", "int64") or len(args) != 2:
         return _fold(expr)
-    a, b = args
-    if name == "mul":
-        if (a in _ZERO or b in _ZERO) and dt == "int64":  # nan * 0 is nan
-            return lit_text(Lit(0, P.Aval(dt)))
-        if a in _ONE or b in _ONE:
-            return b if a in _ONE else a
-        if a in ("-1", "-1.0") or b in ("-1", "-1.0"):
-            return f"(-{b if a in ('-1', '-1.0') else a})"
-    if name == "add" and (a in _ZERO or b in _ZERO):
-        return b if a in _ZERO else a
-    if name == "sub" and b in _ZERO:
-        return a
-    return _fold(expr)
+    out = rule(*args, dt)
+    return _fold(expr) if out is None else out
 
 
 def _combine(tpl, texts):
@@ -841,26 +676,389 @@ def _static_index(spec, shape):
     return out
 
 
+# primitives whose operands after the first are sizes (of the shape they make)
+_SIZED = frozenset({P.broadcast_to_p, P.full_p})
+
+
 def _is_data(e, a):
     """Operands read elementwise (sizes passed to shape-making primitives are not)."""
-    if e.prim in (P.broadcast_to_p, P.full_p):
-        return a is e.inputs[0]
+    return a is e.inputs[0] if e.prim in _SIZED else True
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused loops: the part of each equation in the body of its loop
+# ---------------------------------------------------------------------------------------------
+
+# rule(lb, e): write e's part of the loop that lb (a LoopBuilder) builds: its elements through
+# lb.store, or updates of an array allocated before the loop (lb.alloc).
+LOOP_RULES = RuleTable("CPU", "LOOP_RULES", "the body of a fused loop")
+
+# Accumulator dtypes other than the result's, per reduction and result dtype: float32 sums add
+# up in float64 (one rounding at the end instead of one per element) and are cast back.
+ACC_DTYPES = {P.reduce_sum_p: {"float32": "float64"}}
+
+
+def _acc_dtype(prim, dt):
+    return ACC_DTYPES.get(prim, {}).get(dt, dt)
+
+
+@LOOP_RULES.register(*of_kind("elementwise"))
+def _loop_elementwise(lb, e):
+    v = e.outputs[0]
+    T = lb.tail(v)
+    data = [a for a in e.inputs if _is_data(e, a)]
+    exprs = []
+    for k in range(_size(T)):
+        args = [lb.at(a, v.aval.shape, _unravel(k, T)) for a in data]
+        exprs.append(_algebra(e, args, lb.em.expr(e, args, lb.idx)))
+    lb.store(v, exprs, lb.comment)
+
+
+@LOOP_RULES.register(*of_kind("iota"))
+def _loop_iota(lb, e):
+    expr = lb.idx[-1] if lb.rank else "0"
+    if e.p["dtype"].startswith("float"):
+        expr = f"np.{e.p['dtype']}({expr})"
+    lb.store(e.outputs[0], [expr], lb.comment)
+
+
+@LOOP_RULES.register(*of_kind("index"))
+def _loop_gather(lb, e):
+    """x[i0[k], i1[k], ...] (index arrays over the leading loop axes; x's trailing axes)."""
+    x = e.inputs[0]
+    lead = lb.rank - max(x.aval.ndim - (len(e.inputs) - 1), 0)
+    ivals = [lb.read(a, lead) for a in e.inputs[1:]]
+    text = e.prim.cpu.format(x=lb.em.n(x), idx=", ".join(ivals + lb.idx[lead:]))
+    lb.store(e.outputs[0], [text], lb.comment)
+
+
+@LOOP_RULES.register(*of_kind("scatter"))
+def _loop_scatter(lb, e):
+    """acc[i0[k], ...] += val[k], into acc's array (or a copy of it); iterations may hit the
+    same element, so the loop stays serial."""
+    em, v = lb.em, e.outputs[0]
+    acc, val = e.inputs[0], e.inputs[1]
+    lb.alloc(v, _in_place(em, acc, e))
+    lead = lb.rank - max(acc.aval.ndim - (len(e.inputs) - 2), 0)
+    ivals = [lb.read(a, lead) for a in e.inputs[2:]]
+    lb.body.append(lb.comment)
+    lb.body.append(f"{em.name(v)}[{', '.join(ivals + lb.idx[lead:])}] += {lb.read(val)}")
+    lb.parallel_ok = False
+    lb.in_place.add(id(e))
+
+
+@LOOP_RULES.register(P.reshape_p)
+def _loop_reshape(lb, e):
+    """A reshape of the tail alone (the loop axes kept): the same elements, renamed."""
+    x = e.inputs[0]
+    T = lb.tail(x)
+    lb.store(e.outputs[0], [lb.at(x, x.aval.shape, _unravel(k, T)) for k in range(_size(T))],
+             lb.comment)
+
+
+@LOOP_RULES.register(P.slice_add_p)
+def _loop_slice_add(lb, e):
+    """A static slice_add into the tail (a batched Jacobian's rows): element texts added."""
+    acc, val = e.inputs[:2]
+    shape, T = e.outputs[0].aval.shape, lb.tail(acc)
+    exprs = [lb.at(acc, shape, _unravel(k, T)) for k in range(_size(T))]
+    sel = _static_index(e.p["spec"][lb.rank:], T)
+    sl = tuple(len(ix) for keep, ix in sel if keep)
+    for j, c in enumerate(itertools.product(*(ix for _, ix in sel))):
+        pos = _ravel(c, T)
+        add = lb.at(val, tuple(lb.L.shape) + sl, _unravel(j, sl))
+        exprs[pos] = add if exprs[pos] in ("0", "0.0") else f"({exprs[pos]} + {add})"
+    lb.store(e.outputs[0], exprs, lb.comment)
+
+
+def _into_sum(lb, e):
+    """p + q or p - q, p summed by this loop: q added into p's array (``schedule.L.sums``)."""
+    em, v = lb.em, e.outputs[0]
+    p, q, sign = lb.L.sums[v]
+    lb.alloc(v, em.name(p))
+    lb.body += [lb.comment, f"{em.name(v)}[{lb.idx[0]}] {sign}= {lb.at(q, v.aval.shape, ())}"]
+
+
+@LOOP_RULES.register(P.matmul_p)
+def _loop_row_products(lb, e):
+    """A run of row products with one matrix X (``_row_runs``), all at its first: one inner
+    loop over the row of X, X @ w a dot product per row, X.T @ r or r @ X the row times r[i]
+    added into the result (other rows add into the same elements: the loop stays serial)."""
+    em = lb.em
+    if row_matmul(e, em.producer) is None:
+        raise GradjitError(f"primitive {e.prim.name} cannot be fused into a loop "
+                           "(not a matrix-vector product)")
+    if id(e) not in lb.runs:
+        return  # in the inner loop of its run
+    run = lb.runs[id(e)]
+    X = run[0][1][1]
+    a = f"{em.n(X)}[{lb.idx[0]}, j0]"
+    inner, dots, sums = [], [], []
+    if len(run) > 1:  # each element read once
+        inner.append(f"{em.name(X)}_ij = {a}")
+        a = f"{em.name(X)}_ij"
+    for u, (how, _, w) in run:
+        out = u.outputs[0]
+        lb.body.append("# " + em.eqn_text(u))
+        if how == "dot":
+            d = f"d_{em.name(out)}"
+            lb.body.append(f"{d} = {lit_text(Lit(0, P.Aval(out.aval.dtype)))}")
+            inner.append(f"{d} = gj_acc_add({d}, {a} * {em.n(w)}[j0])")
+            dots.append((u, out, d))
+        else:
+            lb.alloc(out, f"np.zeros({em.shape_text(out.aval.shape)}, "
+                          f"{np_dtype(out.aval.dtype)})")
+            sums.append(f"{em.name(out)}[j0] += {a} * {lb.at(w, w.aval.shape, ())}")
+            lb.parallel_ok = False
+    # loads before stores: the vectoriser does better
+    lb.body.append(_Inner(f"for j0 in range({em.dim(X.aval.shape[1])}):", inner, sums,
+                          bool(dots)))
+    for u, out, d in dots:
+        lb.cur = u
+        lb.store(out, [d], None)
+
+
+@LOOP_RULES.register(*of_kind("reduce"))
+def _loop_reduce(lb, e):
+    """Within the tail: complete in each iteration. Over loop axes: scalar accumulators
+    (all loop axes reduced), a local accumulator per row (the inner axes), else an array."""
+    x = e.inputs[0]
+    axes = e.p["axes"]
+    groups = {}  # element of the result's tail -> texts of the elements of x's tail it sums
+    for k in range(_size(lb.tail(x))):
+        c = _unravel(k, lb.tail(x))
+        oc = tuple(c[j - lb.rank] for j in range(lb.rank, x.aval.ndim) if j not in axes)
+        groups.setdefault(oc, []).append(lb.at(x, x.aval.shape, c))
+    kept = [k for k in range(lb.rank) if k not in axes]
+    if all(a >= lb.rank for a in axes):  # within a row: complete in this iteration
+        lb.store(e.outputs[0], [_combine(e.prim.cpu, groups[oc]) for oc in sorted(groups)],
+                 lb.comment)
+        return
+    lb.body.append(lb.comment)
+    if not kept:
+        _reduce_to_scalars(lb, e, groups)
+    elif kept == list(range(len(kept))) and lb.rank > len(kept) > 0:
+        _reduce_rows(lb, e, groups, len(kept))
+    else:
+        _reduce_into_array(lb, e, groups, kept)
+
+
+def _reduce_to_scalars(lb, e, groups):
+    """One scalar accumulator per element of the result, updated once per iteration (the form
+    prange recognises as a reduction: the primitive's ``par_cpu`` under target='parallel';
+    without one the loop stays serial)."""
+    em, v, tpl = lb.em, e.outputs[0], e.prim.cpu
+    dt = v.aval.dtype
+    acc_dt = _acc_dtype(e.prim, dt)
+    accs = [em.name(v)] if v.aval.ndim == 0 else \
+        [f"{em.name(v)}_{k}" for k in range(len(groups))]
+    par = e.prim.par_cpu
+    upd = par if par and em.target == "parallel" else tpl
+    for acc, oc in zip(accs, sorted(groups)):
+        lb.pre.append(f"{acc} = {lit_text(Lit(e.prim.init, P.Aval(acc_dt)))}")
+        lb.body.append(f"{acc} = {upd.format(_combine(tpl, groups[oc]), acc=acc)}")
+        if acc_dt != dt:
+            lb.post.append(f"{acc} = np.{dt}({acc})")
+    if v.aval.ndim:
+        em.sc[v] = accs
+    if par is None:
+        lb.parallel_ok = False
+
+
+def _reduce_rows(lb, e, groups, m):
+    """A row reduction (the reduced loop axes are the inner ones): a local accumulator per
+    row, stored once the inner loops end, so that LLVM keeps it in a register and can
+    vectorise the inner loop."""
+    em, v, tpl = lb.em, e.outputs[0], e.prim.cpu
+    acc_dt = _acc_dtype(e.prim, v.aval.dtype)
+    inits, stores = lb.rows.setdefault(m, ([], []))
+    lb.alloc(v, f"np.empty({em.shape_text(v.aval.shape)}, {np_dtype(v.aval.dtype)})")
+    for j, oc in enumerate(sorted(groups)):
+        acc = f"a_{em.name(v)}" + (f"_{j}" if len(groups) > 1 else "")
+        inits.append(f"{acc} = {lit_text(Lit(e.prim.init, P.Aval(acc_dt)))}")
+        lb.body.append(f"{acc} = {tpl.format(_combine(tpl, groups[oc]), acc=acc)}")
+        ref = f"{em.name(v)}[{', '.join(lb.idx[:m] + [str(i) for i in oc])}]"
+        stores.append(f"{ref} = {acc}")
+
+
+def _reduce_into_array(lb, e, groups, kept):
+    """Accumulated into the result's array, at the kept loop axes (serial unless the outer
+    axis is kept: other iterations would update the same elements)."""
+    em, v, tpl = lb.em, e.outputs[0], e.prim.cpu
+    dt = v.aval.dtype
+    lb.alloc(v, f"np.full({em.shape_text(v.aval.shape)}, "
+                f"{lit_text(Lit(e.prim.init, P.Aval(dt)))}, {np_dtype(dt)})")
+    for oc in sorted(groups):
+        ref = f"{em.name(v)}[{', '.join([lb.idx[k] for k in kept] + [str(i) for i in oc])}]"
+        lb.body.append(f"{ref} = {tpl.format(_combine(tpl, groups[oc]), acc=ref)}")
+    if 0 not in kept:
+        lb.parallel_ok = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Small static values held as scalar locals, one per element
+# ---------------------------------------------------------------------------------------------
+
+# rule(em, e) -> bool: hold e's one result as scalars (em.hold) or assign a rank-0 one, and
+# return True; False where it does not apply (a shape not small and static): e is then an
+# array statement (ARRAY_RULES).
+SCALAR_RULES = RuleTable("CPU", "SCALAR_RULES", "values held as scalar locals")
+
+
+def _out_small(e):
+    return is_small(e.outputs[0].aval.shape)
+
+
+def _small_or_scalar(a):
+    return a.aval.ndim == 0 or is_small(a.aval.shape)
+
+
+@SCALAR_RULES.register(*of_kind("elementwise"))
+def _scalar_elementwise(em, e):
+    v = e.outputs[0]
+    if v.aval.ndim == 0:  # one assignment
+        em.emit(f"{em.n(v)} = {em.expr(e, [em.n(a) for a in e.inputs], [])}",
+                comment=em.eqn_text(e))
+        return True
+    if not _out_small(e):
+        return False
+    data = [a for a in e.inputs if _is_data(e, a)]
+    exprs = []
+    for k in range(_size(v.aval.shape)):
+        c = _unravel(k, v.aval.shape)
+        args = [em.elem(a, _bcast(c, a)) for a in data]
+        exprs.append(_algebra(e, args, em.expr(e, args, [])))
+    em.hold(e, v, exprs)
+    return True
+
+
+@SCALAR_RULES.register(*of_kind("iota"))
+def _scalar_iota(em, e):
+    if not _out_small(e):
+        return False
+    dt = e.p["dtype"]
+    exprs = [f"np.{dt}({k})" if dt.startswith("float") else str(k)  # (1-d: k is the index)
+             for k in range(_size(e.outputs[0].aval.shape))]
+    em.hold(e, e.outputs[0], exprs)
+    return True
+
+
+@SCALAR_RULES.register(*of_kind("reduce"))
+def _scalar_reduce(em, e):
+    x, v = e.inputs[0], e.outputs[0]
+    if not (is_small(x.aval.shape) and _small_or_scalar(v)):
+        return False
+    groups = {}
+    for k in range(_size(x.aval.shape)):
+        c = _unravel(k, x.aval.shape)
+        oc = tuple(c[j] for j in range(len(c)) if j not in e.p["axes"])
+        groups.setdefault(_ravel(oc, v.aval.shape), []).append(em.elem(x, c))
+    em.hold(e, v, [_combine(e.prim.cpu, groups[k]) for k in range(len(groups))])
+    return True
+
+
+@SCALAR_RULES.register(P.slice_p)
+def _scalar_slice(em, e):
+    x = e.inputs[0]
+    if not (_static_spec(e.p["spec"]) and _small_or_scalar(e.outputs[0])
+            and is_small(x.aval.shape)):
+        return False
+    axes = _static_index(e.p["spec"], x.aval.shape)
+    em.hold(e, e.outputs[0], [em.elem(x, c) for c in itertools.product(*(ix for _, ix in axes))])
+    return True
+
+
+@SCALAR_RULES.register(P.slice_add_p)
+def _scalar_slice_add(em, e):
+    if not (_static_spec(e.p["spec"]) and _out_small(e)):
+        return False
+    acc, val = e.inputs[:2]
+    shape = acc.aval.shape
+    axes = _static_index(e.p["spec"], shape)
+    sl_shape = tuple(len(ix) for keep, ix in axes if keep)
+    exprs = em.elems(acc)
+    for j, c in enumerate(itertools.product(*(ix for _, ix in axes))):
+        pos = _ravel(c, shape)
+        add = em.elem(val, _bcast(_unravel(j, sl_shape), val))
+        exprs[pos] = add if exprs[pos] in ("0", "0.0") else f"({exprs[pos]} + {add})"
+    em.hold(e, e.outputs[0], exprs)
+    return True
+
+
+@SCALAR_RULES.register(P.reshape_p)
+def _scalar_reshape(em, e):
+    x, v = e.inputs[0], e.outputs[0]
+    if not (_small_or_scalar(v) and _small_or_scalar(x)):
+        return False
+    em.hold(e, v, [em.elem(x, ())] * _size(v.aval.shape) if x.aval.ndim == 0 else em.elems(x))
+    return True
+
+
+@SCALAR_RULES.register(P.transpose_p)
+def _scalar_transpose(em, e):
+    if not _out_small(e):
+        return False
+    x, v = e.inputs[0], e.outputs[0]
+    perm = e.p["perm"]
+    exprs = []
+    for k in range(_size(v.aval.shape)):
+        c = _unravel(k, v.aval.shape)
+        ic = [0] * len(perm)
+        for j, p in enumerate(perm):
+            ic[p] = c[j]
+        exprs.append(em.elem(x, tuple(ic)))
+    em.hold(e, v, exprs)
+    return True
+
+
+@SCALAR_RULES.register(P.const_p)
+def _scalar_const(em, e):
+    if not _out_small(e):
+        return False
+    arr = e.p["value"].array
+    em.hold(e, e.outputs[0],
+            [lit_text(Lit(x, P.Aval(arr.dtype.name))) for x in arr.ravel().tolist()])
+    return True
+
+
+@SCALAR_RULES.register(P.concat_p)
+def _scalar_concat(em, e):
+    if not _out_small(e) or e.p["dynamic"]:
+        return False
+    v, axis = e.outputs[0], e.p["axis"]
+    exprs = []
+    for k in range(_size(v.aval.shape)):
+        c = list(_unravel(k, v.aval.shape))
+        for x in e.inputs:
+            n = x.aval.shape[axis]
+            if c[axis] < n:
+                exprs.append(em.elem(x, tuple(c)))
+                break
+            c[axis] -= n
+    em.hold(e, v, exprs)
     return True
 
 
 # ---------------------------------------------------------------------------------------------
-# Array statements, one small function per primitive
+# Statements of their own: whole arrays and run-time checks (and the regions, further down)
 # ---------------------------------------------------------------------------------------------
 
-ARRAY_RULES = {}
+# rule(em, e): emit the statements of e through em (an Emitter), outside any loop.
+ARRAY_RULES = RuleTable("CPU", "ARRAY_RULES", "statements of their own")
 
 
-def rule(*prims):
-    def deco(f):
-        for p in prims:
-            ARRAY_RULES[p] = f
-        return f
-    return deco
+@ARRAY_RULES.register(P.check_eq_p)
+def _check_eq(em, e):
+    a, b = e.inputs
+    em.emit(f"if {em.n(a)} != {em.n(b)}:", comment=em.eqn_text(e))
+    em.emit(f"raise ShapeError({e.p['msg']!r})", 2)
+
+
+@ARRAY_RULES.register(P.check_index_p)
+def _check_index(em, e):
+    a, b = e.inputs
+    em.emit(f"if not -{em.n(b)} <= {em.n(a)} < {em.n(b)}:", comment=em.eqn_text(e))
+    em.emit(f"raise IndexOutOfBounds({e.p['msg']!r})", 2)
 
 
 def _assign(em, e, rhs, fresh=True):
@@ -870,20 +1068,20 @@ def _assign(em, e, rhs, fresh=True):
         em.fresh.add(v)
 
 
-@rule(P.matmul_p)
+@ARRAY_RULES.register(P.matmul_p)
 def _matmul(em, e):
     a, b = e.inputs
     _assign(em, e, f"np.dot({em.n(a)}, {em.n(b)})")
 
 
-@rule(P.transpose_p)
+@ARRAY_RULES.register(P.transpose_p)
 def _transpose(em, e):
     perm = e.p["perm"]
     x = em.n(e.inputs[0])
     _assign(em, e, f"{x}.T" if perm == (1, 0) else f"np.transpose({x}, {perm!r})", fresh=False)
 
 
-@rule(P.reshape_p)
+@ARRAY_RULES.register(P.reshape_p)
 def _reshape(em, e):
     v = e.outputs[0]
     x = e.inputs[0]
@@ -908,7 +1106,7 @@ def _index_text(em, spec, vals):
     return ", ".join(parts)
 
 
-@rule(P.slice_p)
+@ARRAY_RULES.register(P.slice_p)
 def _slice(em, e):
     spec = e.p["spec"]
     vals, _ = P._split_dyn(spec, e.p["sizes"], e.inputs[1:])
@@ -916,7 +1114,7 @@ def _slice(em, e):
     _assign(em, e, rhs, fresh=False)
 
 
-@rule(P.slice_add_p)
+@ARRAY_RULES.register(P.slice_add_p)
 def _slice_add(em, e):
     acc, val = e.inputs[:2]
     spec = e.p["spec"]
@@ -927,13 +1125,13 @@ def _slice_add(em, e):
     em.emit(f"{em.n(v)}[{_index_text(em, spec, vals)}] += {em.n(val)}")
 
 
-@rule(P.concat_p)
+@ARRAY_RULES.register(P.concat_p)
 def _concat(em, e):
     xs = e.inputs[:-1] if e.p["dynamic"] else e.inputs
     _assign(em, e, f"np.concatenate(({', '.join(em.n(x) for x in xs)},), axis={e.p['axis']})")
 
 
-@rule(P.const_p)
+@ARRAY_RULES.register(P.const_p)
 def _const(em, e):
     arr = e.p["value"].array
     name = f"C{len(em.consts)}"
@@ -1058,7 +1256,7 @@ def _region(em, graph, names, owned=(), scalars=None, running=()):
     inputs standing for the texts in ``names`` (or the element texts in ``scalars``: values
     held as scalars); ``owned`` inputs may be updated in place; ``running``: Emitter.running."""
     sub = Emitter(graph, em.target, em.jit)
-    sub.name, sub.consts, sub._post = em.name, em.consts, []
+    sub.name, sub.consts = em.name, em.consts
     sub.running = set(running)
     for v, text in names.items():
         if v not in sub.name.names:
@@ -1067,13 +1265,7 @@ def _region(em, graph, names, owned=(), scalars=None, running=()):
             sub.emit(f"{sub.name(v)} = {text}")
     sub.sc.update(scalars or {})
     sub.fresh.update(owned)
-    items, sub.dims = schedule(graph)
-    sub.set_order(items)
-    for it in items:
-        if isinstance(it, Loop):
-            sub.loop(it)
-        else:
-            sub.stmt(it.eqn)
+    sub.emit_schedule()
     return sub
 
 
@@ -1124,7 +1316,7 @@ def _held(em, v):
         if is_small(v.aval.shape) and not C._is_tape(v.aval) else None
 
 
-@rule(C.cond_p)
+@ARRAY_RULES.register(C.cond_p)
 def _cond(em, e):
     pred, ops = e.inputs[0], e.inputs[1:]
     branches = e.p["branches"]
@@ -1160,7 +1352,7 @@ def _cond(em, e):
 
 def _may_update(graph, f):
     """Some equation of ``graph`` may write into its input ``f`` (in-place updates, regions)."""
-    return any((getattr(x.prim, "inplace", None) == 0 and x.inputs and x.inputs[0] is f)
+    return any((x.prim.inplace == 0 and x.inputs and x.inputs[0] is f)
                or (C.subgraphs(x) and f in x.inputs) for x in graph.eqns)
 
 
@@ -1210,7 +1402,7 @@ def _leave_loop(em, e, formals, owned, held):
             em.fresh.add(v)
 
 
-@rule(C.for_p)
+@ARRAY_RULES.register(C.for_p)
 def _for(em, e):
     lp = C.loop_parts(e.prim, e.inputs, e.params)
     (i,), cf, kf = lp.formals()
@@ -1238,7 +1430,7 @@ def _running_sums(body, formals, outs):
             and f in prod[o].inputs and f.aval.ndim == 0 and f.aval.dtype.startswith("float")}
 
 
-@rule(C.while_p)
+@ARRAY_RULES.register(C.while_p)
 def _while(em, e):
     lp = C.loop_parts(e.prim, e.inputs, e.params)
     _, cf, kf = lp.formals()
@@ -1259,7 +1451,7 @@ def _while(em, e):
 
 # A tape is a (buffer, count) tuple; the buffer doubles when full.
 
-@rule(C.tape_new_p)
+@ARRAY_RULES.register(C.tape_new_p)
 def _tape_new(em, e):
     v = e.outputs[0]
     dims = ", ".join([f"max({em.n(e.inputs[0])}, 16)"] + [em.dim(d) for d in v.aval.shape])
@@ -1267,7 +1459,7 @@ def _tape_new(em, e):
             comment=em.eqn_text(e))
 
 
-@rule(C.tape_push_p)
+@ARRAY_RULES.register(C.tape_push_p)
 def _tape_push(em, e):
     t = em.n(e.inputs[0])
     xv = e.inputs[1]
@@ -1285,7 +1477,7 @@ def _tape_push(em, e):
     em.emit(f"{o} = gj_tape_at({o}, {o}[1] + 1)" if par else f"{o} = ({o}[0], {o}[1] + 1)")
 
 
-@rule(C.tape_pop_p)
+@ARRAY_RULES.register(C.tape_pop_p)
 def _tape_pop(em, e):
     t = em.n(e.inputs[0])
     o = em.n(e.outputs[0])
@@ -1302,12 +1494,12 @@ def _tape_pop(em, e):
         em.emit(f"{em.n(xv)} = {o}[0][{o}[1]]")
 
 
-@rule(C.tape_count_p)
+@ARRAY_RULES.register(C.tape_count_p)
 def _tape_count(em, e):
     em.emit(f"{em.n(e.outputs[0])} = {em.n(e.inputs[0])}[1]", comment=em.eqn_text(e))
 
 
-@rule(C.tape_rewind_p)
+@ARRAY_RULES.register(C.tape_rewind_p)
 def _tape_rewind(em, e):
     t, n = (em.n(a) for a in e.inputs)
     at = f"gj_tape_at({t}, {n})" if em.target == "parallel" else f"({t}[0], {n})"
@@ -1318,7 +1510,7 @@ def _tape_rewind(em, e):
 # operands' names and the params (linear algebra through numba's np.linalg, scans through the
 # helpers of gradjit/kernels/cpu.py).
 
-@rule(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p)
+@ARRAY_RULES.register(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p)
 def _call(em, e):
     _assign(em, e, e.prim.cpu([em.n(a) for a in e.inputs], e.p))
 
@@ -1402,7 +1594,7 @@ def _in_place(em, x, e, copy_views=False):
     return em.n(x)
 
 
-@rule(P.slice_set_p)
+@ARRAY_RULES.register(P.slice_set_p)
 def _slice_set(em, e):
     x, val = e.inputs[:2]
     spec = e.p["spec"]
