@@ -16,6 +16,7 @@ from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
 from . import manifests
 from .check import differential, options
 from .compiled import Lowered, static_args
+from .dask_arrays import has_dask
 from .entry import shapes_text
 from .loader import into_runner
 from .numba_internals import compiled_for, fingerprint_function
@@ -83,6 +84,9 @@ class Transformed:
     def _call(self, args):
         """The full path: a key from the arguments' types (arrays: dtype, rank, unit axes),
         compiling on a miss; then the fast path is set up for these argument types."""
+        if has_dask(args):  # Dask arrays: per-chunk kernels (runtime/dask_arrays.py)
+            from .dask_arrays import call
+            return call(self, args)
         n = len(args)
         key = (_KEYS[n] if n < _N_KEYS else _key_fn(n))(args)
         entry = self.cache.get(key)

@@ -12,6 +12,7 @@ from ..compiler.transforms import name_of
 from ..errors import GradjitError, ShapeError, SizeFallback
 from .compiled import Lowered
 from .dispatch import Transformed
+from .dask_arrays import has_dask
 from .signature import arg_key, describe, prepare
 from .state import memory_clearers, stats
 
@@ -53,6 +54,9 @@ def vjp_cache(fun):
     tf = Transformed(fun, "vjp")
 
     def run(primals, cts):
+        if has_dask(primals):  # Dask arrays: per-chunk kernels (runtime/dask_arrays.py)
+            from .dask_arrays import vjp_call
+            return vjp_call(tf, primals, cts)
         leaves = [x for p in primals for x in pytree.flatten(p)[0]]
         key = (tuple(pytree.flatten(p)[1] for p in primals), tuple(map(arg_key, leaves)),
                tuple(map(arg_key, cts)))
