@@ -134,3 +134,20 @@ def test_global_array_new_dtype_retraces():
         assert r.dtype == np.float32 and np.isclose(r, old.sum())
     finally:
         DATA = old
+
+
+def _rosenbrock_pair(params):
+    x, y = params  # the length is known only at run time: the names fix it, the kernel checks
+    return (1 - x) ** 2 + 2 * (y - x ** 2) ** 2
+
+
+def test_unpacking_an_array_of_run_time_length_into_names():
+    for p in (np.array([3.0, 2.0]), np.array([-0.5, 1.5])):
+        x, y = p
+        want = np.array([-8 * x * (y - x ** 2) + 2 * x - 2, 4 * (y - x ** 2)])
+        np.testing.assert_allclose(gj.grad(_rosenbrock_pair)(p), want, rtol=1e-12)
+        np.testing.assert_allclose(gj.hessian(_rosenbrock_pair)(p),
+                                   [[2 - 8 * y + 24 * x ** 2, -8 * x], [-8 * x, 4.0]], rtol=1e-12)
+    with pytest.raises(gj.ShapeError, match=r"test_core.py:\d+: cannot unpack an array of this "
+                                            r"length into 2 names"):
+        gj.grad(_rosenbrock_pair)(np.array([1.0, 2.0, 3.0]))

@@ -763,9 +763,18 @@ class Interpreter:
             self.frame.locals[target.id] = value
         elif isinstance(target, (ast.Tuple, ast.List)):
             if isinstance(value, Tracer):
-                n = value.shape[0] if value.ndim else None
+                if not value.ndim:
+                    self.fail(target, "cannot unpack a 0-d array")
+                n = value.shape[0]
                 if not isinstance(n, int):
-                    self.fail(target, "cannot unpack a traced array whose length is only known at run time")
+                    # `x, y = params`: the names fix the length; the kernel checks it
+                    if any(isinstance(e, ast.Starred) for e in target.elts):
+                        self.fail(target, "cannot unpack a traced array whose length is only "
+                                  "known at run time into a starred name")
+                    k = len(target.elts)
+                    P.check_eq(n, k, at(self.where(target), f"cannot unpack an array of this "
+                                        f"length into {k} names"))
+                    n = k
                 value = [value[k] for k in range(n)]
             vals = list(value)
             star = [k for k, e in enumerate(target.elts) if isinstance(e, ast.Starred)]
