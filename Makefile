@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TEST_STAMP := $(VENV)/.stamp-test
 BENCH_STAMP := $(VENV)/.stamp-bench
+EXAMPLES_STAMP := $(VENV)/.stamp-examples
 
 # Benchmarks run with a malloc that never hands memory back to the OS (one arena, no mmap,
 # no trim), so a contestant that returns a fresh 80 MB array is not charged ~20k page faults
@@ -30,7 +31,12 @@ $(BENCH_STAMP): $(TEST_STAMP)
 		echo "warning: torch==2.13.0 could not be installed; the torch column will say n/a" >&2
 	touch $@
 
-demo: $(VENV)
+# The examples' optional extra (matplotlib for their figures, scipy): pip install gradjit[examples].
+$(EXAMPLES_STAMP): $(TEST_STAMP)
+	$(PY) -m pip install -e '.[examples]'
+	touch $@
+
+demo: $(EXAMPLES_STAMP)
 	$(PY) examples/run_all.py
 
 # pytest exits 5 when it collected no tests; that is a failure here, never a silent pass.

@@ -245,9 +245,15 @@ def euler_check():
 ALL = [cumsum_check, stencil_check, euler_check]
 
 
-if __name__ == "__main__":
+def main():
+    from _check import check, section
+    section("gradients through local arrays written element by element, vs closed forms")
     for fn in ALL:
         got, want = fn()
-        print(fn.__name__, np.allclose(np.asarray(got[0] if isinstance(got, tuple) else got),
-                                       np.asarray(want[0] if isinstance(want, tuple) else want)))
+        check(fn.__name__, got, want, rtol=1e-7, atol=1e-9, show_value=False)
+    print("\nThe gradient of `cumsum_loop`, as numba source:\n")
     print(gj.grad(cumsum_loop).lower(_rng(10)).source)
+
+
+if __name__ == "__main__":
+    main()
