@@ -226,3 +226,20 @@ def test_primitives_are_immutable_and_declare_their_fields():
     with pytest.raises(TypeError, match="undeclared_rule"):
         P.Primitive("probe", lambda: (), undeclared_rule=None)
     assert "probe" not in P.ALL
+
+
+# ---- functions a reader can hold in their head ---------------------------------------------
+
+MAX_LINES = 150
+
+
+def test_no_function_is_longer_than_a_screenful_or_two():
+    long = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_LINES:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.lineno}: {node.name} "
+                                f"is {n} lines")
+    assert not long, "split these (at most %d lines):\n" % MAX_LINES + "\n".join(long)
