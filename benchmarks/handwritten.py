@@ -5,18 +5,33 @@ Each `*_grad` kernel takes the same arguments as the workload function in `workl
 and returns what `gj.grad(f, argnums=...)` returns. Rules followed here:
 
 - One pass over the data where possible; no temporaries the size of the input.
-- `fastmath` only where noted, and then only `reassoc` (+ `nsz`): it lets LLVM vectorize a
-  floating-point sum by reordering it, which changes rounding but not accuracy class.
+- Compiled with gradjit's own floating-point flags and error model (`njit` below): numpy's
+  error model (no division-by-zero branches) and `contract` (fused multiply-adds) on every
+  kernel, `reassoc` added under `parallel=True`, as gradjit's kernels have them
+  (`gradjit/compiler/codegen/cpu.py`). Where noted, reductions written as loops add `reassoc`
+  (+ `nsz`) so that LLVM vectorises the sum, as gradjit does for its accumulators.
 - No `cache=True`: `benchmarks/coldstart.py` measures their compile time.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import prange
+
+from gradjit.compiler.codegen.cpu import FASTMATH, PARALLEL_FASTMATH
 
 # Just enough fast-math to vectorize a reduction (reorder the sum), no unsafe-math.
 REDUCE = {"reassoc", "nsz"}
+
+
+def njit(fn=None, *, fastmath=(), **kw):
+    """``numba.njit`` with the flags gradjit's kernels are compiled with (added to any given
+    here): the comparison measures the code, not the compiler options."""
+    flags = PARALLEL_FASTMATH if kw.get("parallel") else FASTMATH
+    kw.setdefault("error_model", "numpy")
+    deco = numba.njit(fastmath=set(fastmath) | flags, **kw)
+    return deco if fn is None else deco(fn)
 
 # ---------------------------------------------------------------------------------------
 # W1, W2: scalar-sized gradients (these measure call overhead)

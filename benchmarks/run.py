@@ -41,7 +41,7 @@ if "GRADJIT_CACHE_DIR" not in os.environ:
 import numba
 import numpy as np
 
-from benchmarks import coldstart, peers, suite
+from benchmarks import coldstart, peers, report, suite
 from benchmarks.harness import Cell, Errors, fmt_ratio, fmt_time, measure, mismatch, table
 
 # ---------------------------------------------------------------------------------------
@@ -149,6 +149,11 @@ def print_header(quick):
         "  timing   median per call; contestants interleaved (random order each round) "
         "after warm-up; results checked against numpy"
     )
+    from benchmarks.handwritten import FASTMATH, PARALLEL_FASTMATH
+    print(f"  flags    hand-written numba compiled as gradjit's kernels are: error_model='numpy', "
+          f"fastmath={sorted(FASTMATH)} ({sorted(PARALLEL_FASTMATH)} with parallel=True),")
+    print("           + reassoc/nsz on the sums written as loops (gradjit reassociates its "
+          "accumulators); outputs: each contestant allocates its own result")
     print(f"  load     {load_note()}")
     print()
 
@@ -216,7 +221,7 @@ def run_case(case, quick, errors):
     return cells, fwd_cells
 
 
-def cold_rows(groups, repeats, errors):
+def cold_rows(groups, repeats, errors, rep=None):
     rows = []
     for group in groups:
         for contestant in coldstart.CONTESTANTS:
@@ -224,6 +229,8 @@ def cold_rows(groups, repeats, errors):
             try:
                 r = coldstart.cold_start(contestant, group, repeats=repeats)
                 rows.append([group, contestant, fmt_time(r["first"]), fmt_time(r["import"])])
+                if rep is not None:
+                    rep.add_cold(group, contestant, r["first"])
             except Exception as e:  # noqa: BLE001 - shown as a numbered note
                 rows.append([group, contestant, errors.note("error", str(e)), ""])
     return rows
@@ -318,7 +325,32 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, few samples (smoke run)")
     ap.add_argument("--only", help="comma-separated workload groups, e.g. W1,W3a")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-compile table")
-    opts = ap.parse_args(argv)
+    ap.add_argument("--out", metavar="DIR",
+                    help="also write DIR/results.md and the figures (report.py); make bench "
+                         "writes benchmarks/results/")
+    opts = ap.parse_args(argv if argv is not None else sys.argv[1:])
+    rep = None
+    if opts.out:
+        rep = report.Report(opts.out, argv if argv is not None else sys.argv[1:])
+        sys.stdout = report.Tee(sys.stdout)
+    try:
+        _run(opts, ap, rep)
+    finally:
+        if rep is not None:
+            text, sys.stdout = sys.stdout.kept.getvalue(), sys.stdout.stream
+            rep.write(text)
+
+
+def _sweep(rep, quick, errors):
+    """The sizes of the elementwise-scaling figure (not printed: the table has two of them)."""
+    wl = next(w for w in suite.WORKLOADS if w.group == report.SWEEP_GROUP)
+    for size in report.QUICK_SWEEP_SIZES if quick else report.SWEEP_SIZES:
+        print(f"  sweep {wl.group} n={size:.0e} ...", file=sys.stderr, flush=True)
+        cells, _ = run_case(suite.Case(wl, size, False), quick, errors)
+        rep.sweep[size] = {n: c.seconds for n, c in cells.items() if c.seconds is not None}
+
+
+def _run(opts, ap, rep):
     only = set(opts.only.split(",")) if opts.only else None
     known = {wl.group for wl in suite.WORKLOADS}
     if only and not only <= known:
@@ -334,6 +366,8 @@ def main(argv=None):
             section = case.workload.section
             grad_rows.append([f"-- {section}"] + [""] * len(names))
         cells, fwd = run_case(case, opts.quick, errors)
+        if rep is not None:
+            rep.add_case(case, cells)
         base = cells.get(suite.BASELINE)
         grad_rows.append([case.label] + [fmt_cell(cells[n], base) for n in names])
         for name, fcell in fwd.items():
@@ -404,7 +438,7 @@ def main(argv=None):
         print(
             table(
                 ["workload", "contestant", "first gradient", "import"],
-                cold_rows(groups, 1 if opts.quick else 3, errors),
+                cold_rows(groups, 1 if opts.quick else 3, errors, rep),
             )
         )
 
@@ -414,6 +448,9 @@ def main(argv=None):
         print(table(["workload", "import gradjit", "cold first", "warm-from-disk first",
                      "(CPU time)", "warm call"],
                     startup_rows(groups, 1 if opts.quick else 3, errors)))
+
+    if rep is not None and (not only or report.SWEEP_GROUP in only):
+        _sweep(rep, opts.quick, errors)
 
     print()
     print(f"Load average at the end (this run adds ~1): {load_note(own=1.0)}")

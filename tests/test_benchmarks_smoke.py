@@ -198,3 +198,25 @@ def test_formatting():
     assert harness.fmt_ratio(0.5) == "0.5x"
     lines = harness.table(["a", "b"], [["x", "1"], ["yy", "22"]]).splitlines()
     assert lines[0] == "a    b" and lines[-1] == "yy  22"
+
+
+def test_report_writes_the_table_and_its_figures(tmp_path):
+    from benchmarks import report, suite
+    from benchmarks.harness import Cell
+    rep = report.Report(str(tmp_path), ["--only", "W1"])
+    w1 = next(w for w in suite.WORKLOADS if w.group == "W1")
+    rep.add_case(suite.Case(w1, None, False),
+                 {"gradjit": Cell(3e-7), "numba": Cell(1e-7), "jax": Cell(note="n/a")})
+    rep.sweep = {10**3: {"gradjit": 2e-6, "numba": 1e-6}, 10**4: {"gradjit": 2e-5}}
+    rep.add_cold("W2", "gradjit", 0.9)
+    rep.add_cold("W2", "jax", 0.07)
+    rep.write("the printed tables\n")
+    text = (tmp_path / "results.md").read_text()
+    assert "the printed tables" in text and "--only W1" in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for name in ("elementwise_scaling.png", "overhead.png", "first_result.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+        assert f"![{name}]({name})" in text
