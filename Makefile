@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 TEST_STAMP := $(VENV)/.stamp-test
 BENCH_STAMP := $(VENV)/.stamp-bench
 EXAMPLES_STAMP := $(VENV)/.stamp-examples
+DOCS_STAMP := $(VENV)/.stamp-docs
 
 # Benchmarks run with a malloc that never hands memory back to the OS (one arena, no mmap,
 # no trim), so a contestant that returns a fresh 80 MB array is not charged ~20k page faults
@@ -13,7 +14,7 @@ EXAMPLES_STAMP := $(VENV)/.stamp-examples
 BENCH_ENV := env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
 	GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
 
-.PHONY: $(VENV) demo test bench clean
+.PHONY: $(VENV) demo test bench clean docs docs-serve
 
 $(VENV): $(TEST_STAMP)
 
@@ -26,7 +27,7 @@ $(TEST_STAMP): pyproject.toml
 
 # torch is optional: only the local CPU wheel is wanted (a bare `torch` pulls a CUDA build).
 $(BENCH_STAMP): $(TEST_STAMP)
-	$(PY) -m pip install -e '.[test,bench]'
+	$(PY) -m pip install -e '.[test,bench,examples]'
 	$(PY) -m pip install torch==2.13.0 || \
 		echo "warning: torch==2.13.0 could not be installed; the torch column will say n/a" >&2
 	touch $@
@@ -38,6 +39,20 @@ $(EXAMPLES_STAMP): $(TEST_STAMP)
 
 demo: $(EXAMPLES_STAMP)
 	$(PY) examples/run_all.py
+
+# The docs extra (mkdocs, mkdocs-material, pymdown-extensions); the examples' too, for figures.
+$(DOCS_STAMP): $(EXAMPLES_STAMP)
+	$(PY) -m pip install -e '.[docs]'
+	touch $@
+
+# The site in site/: the examples run first, writing the figures the pages show
+# (examples/figures/); docs/hooks.py adds them and the generated docs/coverage page.
+docs: $(DOCS_STAMP)
+	$(PY) examples/run_all.py -q
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	$(PY) -m mkdocs serve
 
 # pytest exits 5 when it collected no tests; that is a failure here, never a silent pass.
 # The suite runs on every core (numba compiles on one): each test file in one worker
@@ -51,7 +66,7 @@ test: $(VENV)
 	exit $$rc
 
 bench: $(BENCH_STAMP)
-	$(BENCH_ENV) $(PY) benchmarks/run.py
+	$(BENCH_ENV) $(PY) benchmarks/run.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .gradjit-cache
