@@ -35,6 +35,7 @@ V, M = np.linspace(0.1, 0.3, 3), np.eye(3) + 0.1  # sample vector and (square) m
 
 # entries whose arguments are not all arrays: name -> (args with "v"/"m" for traced values)
 SAMPLES = {
+    "scipy.special.xlogy": ("v", "v"), "scipy.special.xlog1py": ("v", "v"),
     "np.reshape": ("v", (3, 1)), "np.broadcast_to": ("v", (2, 3)),
     "np.expand_dims": ("v", 0), "np.swapaxes": ("m", 0, 1), "np.moveaxis": ("m", 0, 1),
     "np.roll": ("v", 1), "np.split": ("v", 3), "np.concatenate": (["v", "v"],),
@@ -85,6 +86,8 @@ def np_name(fn):
         return f"math.{name}"
     if mod == "builtins":
         return name
+    if getattr(np, name, None) is not fn and getattr(np.linalg, name, None) is not fn:
+        return f"scipy.special.{name}"  # its ufuncs say nothing of their module
     return f"np.{name}"
 
 

@@ -28,15 +28,17 @@ def _transform(kind, build=None, **defaults):
     return make
 
 
-jit = _transform("jit", static_argnums=(), target="auto")
+_STATIC = {"static_argnums": (), "static_argnames": ()}
+jit = _transform("jit", **_STATIC, target="auto")
 jit.__doc__ = "``fun`` compiled; same results as ``fun``."
-grad = _transform("grad", argnums=0, has_aux=False, target="auto")
+grad = _transform("grad", argnums=0, has_aux=False, **_STATIC, target="auto")
 grad.__doc__ = "Gradient of a scalar-output ``fun`` with respect to ``argnums``."
-value_and_grad = _transform("value_and_grad", argnums=0, has_aux=False, target="auto")
+value_and_grad = _transform("value_and_grad", argnums=0, has_aux=False, **_STATIC,
+                            target="auto")
 value_and_grad.__doc__ = "``(value, gradient)`` of a scalar-output ``fun``."
 
 
-jacobian = _transform("jacobian", argnums=0, target="auto")
+jacobian = _transform("jacobian", argnums=0, **_STATIC, target="auto")
 jacobian.__doc__ = "Jacobian of ``fun``, shape ``out.shape + in.shape``, computed in one kernel."
 
 
@@ -50,13 +52,14 @@ vmap.__doc__ = ("``fun`` mapped over an axis of its inputs (``in_axes``: int, No
                 "batch (``prange`` under ``target='parallel'``).")
 
 
-def hessian(fun=None, *, argnums=0, target="auto"):
+def hessian(fun=None, *, argnums=0, target="auto", static_argnums=(), static_argnames=()):
     """Hessian of a scalar-output ``fun``, shape ``in.shape + in.shape`` (the Jacobian of the
     gradient: reverse over reverse, one kernel)."""
+    static = {"static_argnums": static_argnums, "static_argnames": static_argnames}
     if fun is None:
-        return functools.partial(hessian, argnums=argnums, target=target)
-    inner = dispatch.Transformed(fun, "grad", argnums=argnums, target=target)
-    return dispatch.Transformed(inner, "jacobian", argnums=argnums, target=target)
+        return functools.partial(hessian, argnums=argnums, target=target, **static)
+    inner = dispatch.Transformed(fun, "grad", argnums=argnums, target=target, **static)
+    return dispatch.Transformed(inner, "jacobian", argnums=argnums, target=target, **static)
 
 
 def vjp(fun, *primals):

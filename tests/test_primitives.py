@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import scipy.special as sps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +54,10 @@ from gradjit.testing import (
 
 def real(rng, shape, sizes):
     return rng.uniform(-2.0, 2.0, shape)
+
+
+def unit01(rng, shape, sizes):
+    return rng.uniform(0.1, 0.9, shape)
 
 
 def small(rng, shape, sizes):
@@ -563,7 +568,35 @@ op("standardize", lambda x: (x - x.mean(axis=0)) / x.std(axis=0), M, order2=True
 
 # Checked through the reference evaluator only: aliases, operators and methods that reach the
 # same op functions as a compiled entry above, and variants of a compiled op.
+# ---- real code: shape-sized constructors, np.diff, constant index arrays, scipy.special ----
+
+op("eye_shape", lambda x: x @ (np.eye(x.shape[1]) * 2.0 + x[0, 0]), M, covers=(np.eye,),
+   jit=True)
+op("eye_offset", lambda x: x * np.eye(x.shape[0], x.shape[1], k=1), M, covers=(np.eye,))
+op("identity_size", lambda x: x @ np.identity(x.shape[1]), M, covers=(np.identity,))
+op("diff", lambda x: np.diff(x), V, covers=(np.diff,), jit=True)
+op("diff_2_axis0", lambda x: np.diff(x, n=2, axis=0), M, covers=(np.diff,))
+op("gather_const_index", lambda x: x[np.arange(2)] + x[[0, 2, 2]].sum(), [((4,),)],
+   covers=("__getitem__",))
+op("gather_const_labels", lambda x: x[np.arange(3), np.array([0, -1, 0])],
+   [((3, "a"),)], covers=("__getitem__",))
+op("erf", lambda x: sps.erf(x), V, covers=(sps.erf,), f32=True, order2=True)
+op("erfc", lambda x: sps.erfc(x), V, covers=(sps.erfc,))
+op("gammaln", lambda x: sps.gammaln(x), V, (pos,), (sps.gammaln,), order2=True)
+op("digamma", lambda x: sps.digamma(x), V, (pos,), (sps.digamma, sps.psi))
+op("expit", lambda x: sps.expit(x), M, covers=(sps.expit,), jit=True)
+op("logit", lambda x: sps.logit(x), V, (unit01,), (sps.logit,))
+op("logsumexp", lambda x: sps.logsumexp(x), M, covers=(sps.logsumexp,), order2=True)
+op("logsumexp_axis_b", lambda x: sps.logsumexp(x, axis=1, b=x[0] ** 2 + 0.5, keepdims=True),
+   M, covers=(sps.logsumexp,))
+op("softmax", lambda x: sps.softmax(x, axis=1), M, covers=(sps.softmax,))
+op("log_softmax", lambda x: sps.log_softmax(x, axis=-1), M, covers=(sps.log_softmax,))
+op("xlogy", lambda x, y: sps.xlogy(x, y), B2_C, (with_zeros, pos), (sps.xlogy,))
+op("xlog1py", lambda x, y: sps.xlog1py(x, y), B2_C, (with_zeros, pos), (sps.xlog1py,))
+
 REF_ONLY = {
+    "eye_offset", "identity_size", "diff_2_axis0", "erfc", "logit", "logsumexp_axis_b",
+    "softmax", "log_softmax", "xlogy", "xlog1py",
     "__pos__", "__invert__", "copy", "pow_0", "pow_m1", "np_power", "np_power_int", "fmin",
     "logical_and", "__add__", "__sub__", "__mul__", "__truediv__", "__mod__", "__floordiv__",
     "__radd__", "__rsub__", "__rmul__", "__rtruediv__", "__rmod__", "__rfloordiv__", "__eq__",

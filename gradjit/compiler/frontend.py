@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import GradjitError, TraceError, at
 from . import aliasing
 from . import control as C
-from . import normalize, numpy_api
+from . import effects as E
+from . import normalize, numpy_api, pytree
 from . import primitives as P
 from . import tracing as _tracing
 from .avals import aval_for
@@ -185,6 +186,7 @@ class StagedFunction:
 # -- control flow helpers (see Interpreter.stmt_If) -----------------------------------------------
 
 _MISSING = object()
+_ANY = object()  # effects: a container changed as a whole
 
 
 class _Undefined:
@@ -217,6 +219,18 @@ class DynRange:
     def __iter__(self):
         raise TraceError(at(None, "a range whose bounds are known only at run time can only be "
                             "looped over with `for`"))
+
+
+class DynIter:
+    """``enumerate``/``zip``/``reversed`` over a traced array whose length is known only at
+    run time: a `for` over it is a loop in the IR (``elem(i)``: the i-th item)."""
+
+    def __init__(self, n, elem, what):
+        self.n, self.elem, self.what = n, elem, what
+
+    def __iter__(self):
+        raise TraceError(at(None, f"{self.what}() over a traced array whose length is known only "
+                            "at run time can only be looped over with `for`"))
 
 
 class _Names:
@@ -599,6 +613,11 @@ class Interpreter:
         self.loc = None
         # arrays that loops and ifs with dynamic tests may hand back as they came (aliasing.py)
         self.aliases = aliasing.Aliases(_producer_anywhere)
+        self.effects = []  # effects.Effect: changes of outside state, replayed at every call
+        self.written = {}  # (id(object), attribute or _ANY) -> (object, where): changed by them
+        self.outside = {}  # id(container) -> (container, Capture): containers read from outside
+        self.statics = {}  # id -> static argument of the function traced (effects may change it)
+        self.dynamic = 0  # > 0 while tracing a region whose running depends on traced values
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -616,6 +635,8 @@ class Interpreter:
             return self.call(fn.__func__, (fn.__self__,) + tuple(args), kwargs)
         if isinstance(fn, _functools_partial):
             return self.call(fn.func, tuple(fn.args) + tuple(args), {**fn.keywords, **kwargs})
+        if _user_callable(fn):  # an object of the user's with __call__: its method
+            return self.call(types.MethodType(type(fn).__call__, fn), args, kwargs)
         if not isinstance(fn, types.FunctionType):
             return self._call_opaque(fn, args, kwargs)
         node, text = function_node(fn)
@@ -730,24 +751,143 @@ class Interpreter:
                 raise TraceError(at(self.loc, f"in {self.frame.fn_name}: {type(e).__name__}: {e}")) from e
 
     def stmt_Expr(self, node):
-        self.expr(node.value)
+        if not self._side_effect(node):
+            self.expr(node.value)
 
     def stmt_Pass(self, node):
         pass
+
+    # -- side effects on outside state (effects.py) -------------------------------------------
+
+    def _side_effect(self, node):
+        """Record ``node`` as a change of Python state outside the trace (``self.nfev += 1``,
+        ``log.append(k)``), replayed at every call; False when it changes only the trace's
+        own values (local names, arrays, containers and objects made while tracing)."""
+        bases = E.changed(node)
+        if bases is None:
+            return False
+        objs = []
+        for b in bases:
+            root = E.chain_root(b)
+            if root is None:
+                return False
+            rv, local = self._peek_name(root)
+            obj = self._peek(b)
+            if obj is _MISSING or isinstance(obj, (Tracer, np.ndarray, StagedFunction)) or \
+                    isinstance(obj, (list, dict)) and has_tracer(obj):
+                return False  # array writes and the trace's own containers: traced as values
+            if local and not (self._outside(rv) or self._outside(obj)):
+                return False
+            objs.append(obj)
+        text = _describe(node)
+        if self.dynamic:
+            self.fail(node, E.under_dynamic(text))
+        params, binds = [], []
+        for name in E.loaded_names(node):
+            v, local = self._peek_name(name)
+            if v is _MISSING or not local and name not in self._closure_names():
+                continue  # a global (read at replay) or a name the statement binds itself
+            if has_tracer(v) or isinstance(v, (_Undefined, StagedFunction, DynRange)):
+                self.fail(node, E.traced_operand(text, name))
+            path = self._path_of(v) if local else self._cell_of(name)
+            params.append(name)
+            binds.append(E.Reread(path) if path is not None else v)
+        fn = E.replay_function(node, params, self.frame.filename, self.frame.globals)
+        where = self.where(node)
+        self.effects.append(E.Effect(fn, binds, where))
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [getattr(node, "target", None)]
+        for obj, t in zip(objs, targets):
+            attr = t.attr if isinstance(t, ast.Attribute) else _ANY
+            self.written[(id(obj), attr)] = (obj, where)
+            if attr is _ANY:  # its contents change at every call: guard its type only
+                for cap in self.guards:
+                    if cap.value is obj and cap.mode in ("value", "shape"):
+                        cap.mode, cap.expected = "type", type(obj)
+        return True
+
+    def _peek_name(self, name):
+        """(value, is a local) of ``name``, read without recording a guard."""
+        f = self.frame
+        while f is not None:
+            if name in f.locals:
+                return f.locals[name], True
+            if name in f.closure:
+                try:
+                    return f.closure[name].cell_contents, False
+                except ValueError:
+                    return _MISSING, False
+            f = f.parent
+        if name in self.frame.globals:
+            return self.frame.globals[name], False
+        return getattr(builtins, name, _MISSING), False
+
+    def _closure_names(self):
+        names, f = set(), self.frame
+        while f is not None:
+            names |= set(f.closure) - set(f.locals)
+            f = f.parent
+        return names
+
+    def _cell_of(self, name):
+        f = self.frame
+        while f is not None:
+            if name in f.closure:
+                cell = f.closure[name]
+                return Capture("cell", cell, name, cell.cell_contents)
+            f = f.parent
+        return None
+
+    def _peek(self, e):
+        """The value of an attribute/item chain (``self.log``, ``cache[k]``), unguarded."""
+        if isinstance(e, ast.Name):
+            return self._peek_name(e.id)[0]
+        obj = self._peek(e.value)
+        if obj is _MISSING or isinstance(obj, Tracer):
+            return _MISSING
+        try:
+            if isinstance(e, ast.Attribute):
+                return getattr(obj, e.attr)
+            k = self.expr(e.slice)
+            return _MISSING if has_tracer(k) else obj[k]
+        except Exception:  # noqa: BLE001 - not there: the statement is traced as written
+            return _MISSING
+
+    def _path_of(self, v):
+        """The access path of an object or container read from outside the trace (None: made
+        inside it, or a plain value)."""
+        for table in (self.paths, self.outside):
+            hit = table.get(id(v))
+            if hit is not None and hit[0] is v:
+                return hit[1]
+        return None
+
+    def _outside(self, v):
+        """Whether ``v`` was reached from outside the trace (a path, or a static argument)."""
+        return self._path_of(v) is not None or self.statics.get(id(v)) is v
+
+    def _check_unwritten(self, obj, key, what):
+        w = self.written.get((id(obj), key)) or self.written.get((id(obj), _ANY))
+        if w is not None and w[0] is obj:
+            raise TraceError(at(self.loc, E.read_after_write(what, w[1])))
 
     def stmt_Return(self, node):  # the function's last statement (normalize.py)
         self.frame.result = None if node.value is None else self.expr(node.value)
 
     def stmt_Assign(self, node):
+        if self._side_effect(node):
+            return
         value = self.expr(node.value)
         for t in node.targets:
             self.assign(t, value)
 
     def stmt_AnnAssign(self, node):
-        if node.value is not None:
+        if node.value is not None and not self._side_effect(node):
             self.assign(node.target, self.expr(node.value))
 
     def stmt_AugAssign(self, node):
+        if self._side_effect(node):
+            return
         op = _BINOPS[type(node.op)]
         if isinstance(node.target, ast.Name):
             self.assign(node.target, op(self.load(node.target.id, node), self.expr(node.value)))
@@ -755,8 +895,11 @@ class Interpreter:
             obj = self.expr(node.target.value)
             idx = self.expr(node.target.slice)
             self.store_item(node.target, obj, idx, op(self.getitem(obj, idx), self.expr(node.value)))
-        else:
-            self.fail(node, "augmented assignment to an attribute is not supported")
+        else:  # an attribute of an object made inside the trace: plain Python
+            obj = self.expr(node.target.value)
+            if isinstance(obj, Tracer):
+                self.fail(node, f"arrays in traced functions have no attribute '{node.target.attr}'")
+            setattr(obj, node.target.attr, op(getattr(obj, node.target.attr), self.expr(node.value)))
 
     def assign(self, target, value):
         if isinstance(target, ast.Name):
@@ -792,8 +935,11 @@ class Interpreter:
         elif isinstance(target, ast.Subscript):
             obj = self.expr(target.value)
             self.store_item(target, obj, self.expr(target.slice), value)
-        elif isinstance(target, ast.Attribute):
-            self.fail(target, "assigning to an attribute is not supported in traced functions")
+        elif isinstance(target, ast.Attribute):  # an object made inside the trace
+            obj = self.expr(target.value)
+            if isinstance(obj, Tracer):
+                self.fail(target, f"cannot set the attribute '{target.attr}' of a traced array")
+            setattr(obj, target.attr, value)
         else:
             self.fail(target, f"cannot assign to {_describe(target)}")
 
@@ -928,10 +1074,12 @@ class Interpreter:
             arms[:] = [a, b]
             ta, tb, finish, names.names = _merge_envs(before, a, b, where, retval, fn_name)
             return ta, tb, finish
+        self.dynamic += 1
         try:
             env = C.cond(pred, arm(then_run), arm(else_run), merge, what=names)
         finally:
             self.frame.locals, self.loc = before, saved_loc
+            self.dynamic -= 1
         self.aliases.branch(arms, env, list(before.values()) + list(self.frame.inputs), where)
         self.frame.locals = env
 
@@ -953,6 +1101,8 @@ class Interpreter:
             it = [it[k] for k in range(n)]
         if isinstance(it, DynRange):
             return self._dyn_loop(node, it)
+        if isinstance(it, DynIter):
+            return self._dyn_loop(node, DynRange(0, it.n, 1), elem=it.elem)
         grows = _mutated_containers(node.body, self.frame.locals)  # such loops stay unrolled
         if isinstance(it, range) and len(it) > self.MAX_UNROLL and not grows:
             return self._dyn_loop(node, DynRange(it.start, it.stop, it.step))
@@ -1103,6 +1253,7 @@ class Interpreter:
 
         saved_loc = self.loc
         start = len(_tracing.current().eqns)
+        self.dynamic += 1
         try:
             # peel: iterations that change a carried value's shape run before the loop
             if use_while:
@@ -1112,6 +1263,7 @@ class Interpreter:
                               body_fn, leaf_names, peel=2)
         finally:
             self.frame.locals, self.loc = before, saved_loc
+            self.dynamic -= 1
         self.aliases.loop(_tracing.current().eqns[start:], flat, outs,
                           list(before.values()) + list(self.frame.inputs), self.where(node))
         if rng is not None and use_while:
@@ -1238,6 +1390,8 @@ class Interpreter:
         if _plain_data(value):
             cap.mode, cap.expected = "value", copy.deepcopy(value)
             out = value
+            if type(value) in (list, dict):  # effects may change it (``log.append(k)``)
+                self.outside[id(value)] = (value, cap)
         elif type(value) in (list, tuple, dict):
             # holds arrays or objects: read element by element (arrays become inputs), and
             # guard the container's length or keys
@@ -1246,6 +1400,7 @@ class Interpreter:
             items = value.items() if type(value) is dict else enumerate(value)
             got = {k: self.read(cap.child("item", k, v)) for k, v in items}
             out = got if type(value) is dict else type(value)(got.values())
+            self.outside[id(value)], self.outside[id(out)] = (value, cap), (out, cap)
         elif isinstance(value, types.MethodType):
             if id(value.__self__) in self.paths:
                 self.captures[key] = (cap, value)
@@ -1269,6 +1424,10 @@ class Interpreter:
     def read_from(self, obj, op, k, value):
         """``value`` was read as ``obj.k`` / ``obj[k]``: through a path if ``obj`` has one."""
         hit = self.paths.get(id(obj))
+        if self.written:
+            base = hit[1].text if hit is not None and hit[0] is obj else type(obj).__name__
+            self._check_unwritten(obj, k if op == "attr" else _ANY,
+                                  base + (f".{k}" if op == "attr" else f"[{k!r}]"))
         if hit is None or hit[0] is not obj:
             return value
         return self.read(hit[1].child(op, k, value))
@@ -1294,6 +1453,8 @@ class Interpreter:
         return self.getitem(self.expr(node.value), self.expr(node.slice))
 
     def getitem(self, obj, idx):
+        if self.written and isinstance(obj, (list, dict)):
+            self._check_unwritten(obj, _ANY, "a container")
         if isinstance(obj, np.ndarray) and has_tracer(idx):
             obj = P.lift(obj)
         value = obj[idx]
@@ -1388,8 +1549,12 @@ class Interpreter:
             if ta != tb:
                 self.fail(node, "the two sides of a conditional expression have different structures")
             return la, lb, lambda vals: _unflatten(ta, iter(vals))
-        out = C.cond(pred, lambda: self.expr(node.body), lambda: self.expr(node.orelse), merge,
-                     what="the conditional expression")
+        self.dynamic += 1
+        try:
+            out = C.cond(pred, lambda: self.expr(node.body), lambda: self.expr(node.orelse),
+                         merge, what="the conditional expression")
+        finally:
+            self.dynamic -= 1
         self.aliases.branch(arms, {"": out}, list(self.frame.locals.values())
                             + list(self.frame.inputs), self.where(node))
         return out
@@ -1420,8 +1585,8 @@ class Interpreter:
                 return
             g = node.generators[k]
             it = self.expr(g.iter)
-            if isinstance(it, Tracer):
-                self.fail(node, "a comprehension over a traced array is not supported")
+            if isinstance(it, Tracer):  # rows of an array whose length is known
+                it = _rows(self, node, it, "a comprehension")
             for v in it:
                 self.assign(g.target, v)
                 if all(self._static_test(c) for c in g.ifs):
@@ -1469,6 +1634,12 @@ class Interpreter:
             self.fail(node, f"{_describe(node.func)}() draws random numbers, which a compiled "
                       "function would draw only once, while tracing: draw them outside and "
                       "pass them as an argument")
+        owner = getattr(fn, "__self__", None)
+        if owner is not None and getattr(fn, "__name__", "") in E.MUTATORS and \
+                isinstance(owner, (list, dict, set)) and self._outside(owner):
+            self.fail(node, f"{_describe(node)} changes a container from outside the function "
+                      "inside an expression; write it as a statement of its own (log.append(k)), "
+                      "which is replayed at every call")
         fn = _ALLOCATE.get(_key(fn), fn)
         method = isinstance(fn, types.MethodType) and fn.__func__ in _COPY_METHODS
         if (method or (_key(fn) is np.copy and args)) and \
@@ -1493,7 +1664,7 @@ class Interpreter:
         if isinstance(fn, types.MethodType) and isinstance(fn.__func__, types.FunctionType) \
                 and not _is_library(fn.__func__):
             return self.call(fn, args, kwargs)  # a method of the user's: interpreted too
-        if isinstance(fn, types.FunctionType) and not _is_library(fn):
+        if isinstance(fn, types.FunctionType) and not _is_library(fn) or _user_callable(fn):
             return self.call(fn, args, kwargs)
         if isinstance(fn, types.FunctionType) and getattr(fn, "__module__", "") == "gradjit.compiler.numpy_api":
             return fn(*args, **kwargs)
@@ -1503,7 +1674,7 @@ class Interpreter:
             mfn = None
         if mfn is not None and has_tracer(args):
             return mfn(*args)
-        if not has_tracer([args, kwargs]):
+        if not has_tracer([args, kwargs]) or pytree.is_node_type(fn):  # (NamedTuple(w=x, ...))
             return fn(*args, **kwargs)
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         mod = getattr(fn, "__module__", None)
@@ -1543,6 +1714,14 @@ def has_array(x):
 
 
 _functools_partial = functools.partial
+
+
+def _user_callable(fn):
+    """An instance of a user's class with a ``__call__`` method written in Python."""
+    if isinstance(fn, (type, types.FunctionType, types.MethodType, StagedFunction)):
+        return False
+    call = getattr(type(fn), "__call__", None)
+    return isinstance(call, types.FunctionType) and not _is_library(call)
 
 
 def _key(fn):
@@ -1620,8 +1799,89 @@ def _b_int(interp, node, x=0, *a):
     return P.astype(x, "int64") if isinstance(x, Tracer) else int(x, *a)
 
 
+def _rows(interp, node, x, what, n=None):
+    """The items of ``x`` as Python iterates it: a traced array's rows (its length known while
+    tracing, or ``n``, the length of what it is zipped with: checked in the kernel)."""
+    if not isinstance(x, Tracer):
+        return list(x)
+    if x.ndim == 0:
+        interp.fail(node, f"{what} over a 0-d array (it is not iterable)")
+    m = x.shape[0]
+    if not isinstance(m, int):
+        if n is None:
+            interp.fail(node, f"{what} over a traced array whose length is known only at run "
+                        "time: loop over range(x.shape[0]) instead, or use a numpy reduction")
+        P.check_eq(m, n, at(interp.loc, f"{what}: the array's length must be {n}, the length "
+                            "of the other arguments"))
+        m = n
+    if m > 4096:
+        interp.fail(node, f"{what} over {m} items would unroll {m} steps: use numpy operations")
+    return [x[k] for k in range(m)]
+
+
+def _dynamic_length(x):
+    return isinstance(x, Tracer) and x.ndim and not isinstance(x.shape[0], int)
+
+
+def _b_zip(interp, node, *its, strict=False):
+    its = [it if isinstance(it, Tracer) else list(it) for it in its]
+    known = [len(it) for it in its if not isinstance(it, Tracer)] + \
+        [it.shape[0] for it in its if isinstance(it, Tracer) and it.ndim and
+         isinstance(it.shape[0], int)]
+    if not known and its and all(_dynamic_length(it) for it in its):  # a loop in the IR
+        n = its[0].shape[0]
+        for it in its[1:]:
+            P.check_eq(it.shape[0], n, at(interp.loc, "zip(): the arrays' lengths differ"))
+        return DynIter(n, lambda i: tuple(it[i] for it in its), "zip")
+    n = min(known) if known else None
+    return zip(*[_rows(interp, node, it, "zip()", n) for it in its])
+
+
+def _b_enumerate(interp, node, it, start=0):
+    if _dynamic_length(it):
+        return DynIter(it.shape[0], lambda i: (P.add(i, start) if start else i, it[i]),
+                       "enumerate")
+    return enumerate(_rows(interp, node, it, "enumerate()"), start)
+
+
+def _b_reversed(interp, node, it):
+    if _dynamic_length(it):
+        n = it.shape[0]
+        return DynIter(n, lambda i: it[P.sub(P.sub(n, 1), i)], "reversed")
+    return reversed(_rows(interp, node, it, "reversed()"))
+
+
+def _b_map(interp, node, fn, *its):
+    cols = zip(*[_rows(interp, node, it, "map()") for it in its])
+    return iter([interp.apply(fn, list(vals), {}, node) for vals in cols])
+
+
+def _b_over_rows(pyfn):
+    """A builtin that consumes an iterable (enumerate, list, tuple, reversed, iter, sorted of
+    static values): a traced array is given as its rows."""
+    def f(interp, node, *args, **kw):
+        if args and isinstance(args[0], Tracer):
+            args = (_rows(interp, node, args[0], pyfn.__name__ + "()"),) + args[1:]
+        return pyfn(*args, **kw)
+    return f
+
+
+def _b_sum(interp, node, it, start=0):
+    if isinstance(it, Tracer):  # Python sums the rows: numpy's sum over the first axis
+        if it.ndim == 0:
+            interp.fail(node, "sum() over a 0-d array (it is not iterable)")
+        return start + numpy_api.FUNCTIONS[np.sum](it, axis=0)
+    return sum(it, start)
+
+
 def _b_minmax(op, pyfn):
     def f(interp, node, *args, **kw):
+        if len(args) == 1 and isinstance(args[0], Tracer) and not kw.get("key"):
+            x = args[0]  # the largest (smallest) of a vector's items: a reduction
+            if x.ndim != 1:
+                interp.fail(node, f"{pyfn.__name__}() of an array of rank {x.ndim}: Python "
+                            "would compare whole rows; use np.max / np.min with an axis")
+            return numpy_api.FUNCTIONS[np.max if pyfn is max else np.min](x)
         vals = list(args[0]) if len(args) == 1 else list(args)
         if not has_tracer(vals):
             return pyfn(*args, **kw)
@@ -1665,7 +1925,9 @@ def _b_dunder(pyfn):
 
 
 _BUILTINS = {
-    abs: _b_dunder(abs), sum: _b_dunder(sum), pow: _b_dunder(pow), divmod: _b_dunder(divmod),
+    abs: _b_dunder(abs), sum: _b_sum, pow: _b_dunder(pow), divmod: _b_dunder(divmod),
+    zip: _b_zip, map: _b_map, enumerate: _b_enumerate, list: _b_over_rows(list),
+    tuple: _b_over_rows(tuple), reversed: _b_reversed, iter: _b_over_rows(iter),
     len: _b_len, float: _b_float, int: _b_int, print: _b_print, isinstance: _b_isinstance,
     min: _b_minmax(P.minimum, min), max: _b_minmax(P.maximum, max), range: _b_range,
 }

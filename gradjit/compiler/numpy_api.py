@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import operator
+import sys
 
 import numpy as np
 
@@ -767,6 +768,35 @@ def diag(v, k=0):
     return P.gather(v, (i, i))
 
 
+def _size_iota(n):
+    """0, 1, ..., n-1 for a size given as an int or read from ``.shape`` (a traced size)."""
+    return P.arange(n) if isinstance(n, Tracer) else _iota(int(n))
+
+
+@implements(np.eye)
+def eye(N, M=None, k=0, dtype=float, order="C"):
+    k = _static_int("np.eye", k)
+    i = _size_iota(N)[:, None]
+    j = _size_iota(N if M is None else M)[None, :]
+    return P.astype(P.eq(P.add(i, k) if k else i, j), np.dtype(dtype).name)
+
+
+@implements(np.identity)
+def identity(n, dtype=float):
+    return eye(n, dtype=dtype)
+
+
+@implements(np.diff)
+def diff(a, n=1, axis=-1):
+    n = _static_int("np.diff", n)
+    (ax,) = P.norm_axes(axis, P.ndim(a))
+    hi = tuple(slice(1, None) if k == ax else slice(None) for k in range(P.ndim(a)))
+    lo = tuple(slice(None, -1) if k == ax else slice(None) for k in range(P.ndim(a)))
+    for _ in range(n):
+        a = P.sub(P.index(a, hi), P.index(a, lo))
+    return a
+
+
 def _band(x, k, name, upper):
     if P.ndim(x) < 2:
         raise TraceError(at(current_loc(), f"{name} takes an array of rank 2 or more"))
@@ -903,9 +933,18 @@ install_methods(Tracer, METHODS)
 def lookup(fn):
     """The tracer implementation of a numpy function, or None."""
     try:
-        return FUNCTIONS.get(fn)
+        impl = FUNCTIONS.get(fn)
     except TypeError:  # unhashable callables
         return None
+    if impl is None and not _SCIPY and "scipy.special" in sys.modules:
+        from . import scipy_api  # scipy's functions: entered in the table on first use
+        scipy_api.register()
+        _SCIPY.append(True)
+        return FUNCTIONS.get(fn)
+    return impl
+
+
+_SCIPY = []  # scipy.special registered
 
 
 __all__ = ["FUNCTIONS", "METHODS", "lookup", "operator", "is_static_scalar"]

@@ -333,6 +333,76 @@ not_p, logical_not = _unary("not", np.logical_not, None, "(not {0})", float_only
                             shape_rule=_ew_shape("bool"))  # np.logical_not(1.5) is False, not 0.0
 
 
+def _psi_np(x, order):
+    """digamma (order 0) or trigamma (order 1) in numpy: recurrence up to x >= 6, then the
+    asymptotic series; reflection below 0 (the reference semantics of the kernels' helpers)."""
+    x = np.asarray(x)
+    dt = x.dtype if x.dtype.kind == "f" else np.float64
+    x = x.astype(np.float64)
+    neg = x < 0
+    z = np.where(neg, 1.0 - x, x)
+    acc = np.zeros_like(z)
+    for _ in range(6):
+        small = z < 6
+        zs = np.where(small, z, 1.0)
+        acc = acc + np.where(small, -1.0 / zs if order == 0 else 1.0 / (zs * zs), 0.0)
+        z = np.where(small, z + 1.0, z)
+    f = 1.0 / (z * z)
+    if order == 0:
+        acc = acc + np.log(z) - 0.5 / z - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (
+            1 / 240 - f / 132))))
+        refl = acc - np.pi / np.tan(np.pi * x)
+    else:
+        acc = acc + 1 / z + f / 2 + f / z * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f / 30)))
+        refl = (np.pi / np.sin(np.pi * x)) ** 2 - acc
+    out = np.where(neg, refl, acc)
+    out = np.where((x < 0) & (x == np.floor(x)), np.nan, out)
+    if order == 0:  # scipy: psi(+0.0) = -inf, psi(-0.0) = inf
+        out = np.where(x == 0, -np.copysign(np.inf, x), out)
+    else:
+        out = np.where(x == 0, np.inf, out)
+    return out.astype(dt)[()] if out.ndim == 0 else out.astype(dt)
+
+
+def _math_impl(f):
+    """A scalar ``math`` function as numpy semantics (elementwise, the argument's float type)."""
+    def impl(x):
+        x = np.asarray(x)
+        dt = x.dtype if x.dtype.kind == "f" else np.float64
+        out = np.frompyfunc(lambda v: f(float(v)), 1, 1)(x)
+        return np.asarray(out, dtype=dt)[()] if x.ndim == 0 else np.asarray(out, dtype=dt)
+    return impl
+
+
+def _lgamma(v):
+    """scipy's gammaln: inf at the poles and for subnormal arguments, -inf at -inf."""
+    if v == -math.inf:
+        return v
+    if abs(v) < 2.2250738585072014e-308:
+        return math.inf
+    try:
+        return math.lgamma(v)
+    except ValueError:  # a pole
+        return math.inf
+
+
+def _no_third(ct, ins, outs):
+    raise TraceError(at(current_loc(), "derivatives of trigamma (third derivatives of "
+                        "gammaln) are not supported"))
+
+
+# scipy.special's erf and gammaln (numba has math.erf/math.lgamma) and the derivatives of gammaln
+erf_p, erf = _unary("erf", _math_impl(math.erf),
+                    lambda x, y: mul(2.0 / math.sqrt(math.pi), exp(neg(mul(x, x)))),
+                    "gj_erf({0})", "math.erf({0})")
+trigamma_p, trigamma = _unary("trigamma", lambda x: _psi_np(x, 1), None, "gj_trigamma({0})",
+                              vjp=_no_third)
+digamma_p, digamma = _unary("digamma", lambda x: _psi_np(x, 0), lambda x, y: trigamma(x),
+                            "gj_digamma({0})")
+gammaln_p, gammaln = _unary("gammaln", _math_impl(_lgamma), lambda x, y: digamma(x),
+                            "gj_lgamma({0})", "math.lgamma({0})")
+
+
 def reciprocal(x):
     return div(1.0, x)
 
@@ -1098,8 +1168,7 @@ def gather(x, idx):
             if i.dtype.kind not in "iu":
                 raise TraceError(at(current_loc(), "boolean-mask indexing is not supported "
                                     "(its result has a data-dependent shape); use np.where"))
-            raise TraceError(at(current_loc(), "indexing with a constant integer array: pass it "
-                                "as an argument or build it with np.arange"))
+            i = lift(i)  # a constant index array (np.arange(5), a label array read from outside)
         if isinstance(i, Tracer) and i.dtype.kind == "b":
             raise TraceError(at(current_loc(), "boolean-mask indexing is not supported (its "
                                 "result has a data-dependent shape); use np.where"))

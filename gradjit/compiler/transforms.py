@@ -8,12 +8,13 @@ nothing here compiles or caches: that is the runtime's job.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import GradjitError, TraceError
-from . import ad, frontend, pytree
+from . import ad, effects, frontend, pytree
 from . import primitives as P
 from .avals import aval_for
 from .ir import Var
@@ -36,6 +37,7 @@ class Traced:
     loc: str
     reads: list = None  # the static reads of the whole trace (the outermost only)
     free: list = ()  # Tracers of an enclosing trace read by a function defined in it (inputs)
+    effects: list = ()  # effects.Effect: outside Python state it changes, replayed at every call
 
 
 def trace(fun, args, static=None, reads=None):
@@ -52,6 +54,7 @@ def _trace(fun, args, static, interp, reads):
         for k, a in enumerate(args):
             if k in static:
                 tracer_args.append(a)
+                interp.statics[id(a)] = a
                 continue
             leaves, tree = pytree.flatten(a)
             ts = [Tracer(Var(x.aval if isinstance(x, Tracer) else aval_for(x))) for x in leaves]
@@ -71,7 +74,7 @@ def _trace(fun, args, static, interp, reads):
         free = free_vars(b, inputs + cap_tracers, out_leaves)
         graph = make_graph(inputs + free + cap_tracers, out_leaves, b)
     return Traced(graph, out_tree, [c for c, _ in interp.captured_inputs], interp.guards,
-                  interp.sources, name_of(fun), fn_loc(fun), reads, free)
+                  interp.sources, name_of(fun), fn_loc(fun), reads, free, interp.effects)
 
 
 def name_of(fun):
@@ -164,6 +167,9 @@ def inline(tf, interp, args, static):
     caps = [interp.recapture(c) for c in traced.captures]
     interp.guards.extend(traced.guards)
     interp.sources.update(traced.sources)
+    if traced.effects and interp.dynamic:
+        raise TraceError(f"{interp.loc}: {effects.under_dynamic(name_of(tf.fun) + '()')}")
+    interp.effects.extend(traced.effects)
     outs, _ = ad.replay(graph, leaves + list(traced.free) + caps)
     return assemble(outs)
 
@@ -259,3 +265,53 @@ def _regroup(flat, groups, single):
         res.append(pytree.unflatten(tree, flat[pos:pos + n]))
         pos += n
     return res[0] if single else tuple(res)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls with keyword arguments: bound to positions by the function's signature
+# ---------------------------------------------------------------------------------------------
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _signature(fun):
+    try:
+        return inspect.signature(fun)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name_of(fun)}: its signature cannot be read, so keyword arguments "
+                        "and static_argnames cannot be bound to positions") from None
+
+
+def bind_arguments(fun, args, kwargs):
+    """``fun(*args, **kwargs)``'s arguments by position, as Python binds them: a keyword
+    argument goes to its parameter's position, and the positions before the last one given
+    take their defaults (those after it are left to the function's own defaults)."""
+    sig = _signature(fun)
+    try:
+        given = sig.bind(*args, **kwargs).arguments
+    except TypeError as e:
+        raise TypeError(f"{name_of(fun)}(): {e}") from None
+    pos = [p for p in sig.parameters.values() if p.kind in _POSITIONAL]
+    names = [p.name for p in pos]
+    for n in given:
+        if n not in names and sig.parameters[n].kind != inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"{name_of(fun)}(): '{n}' is a keyword-only argument; gradjit "
+                            "transforms pass arguments by position: make it a positional "
+                            "parameter (with a default, if it has one)")
+    last = max((names.index(n) for n in given if n in names), default=-1)
+    return tuple(given[p.name] if p.name in given else p.default for p in pos[:last + 1]) + \
+        tuple(a for n, v in given.items() if n not in names for a in v)
+
+
+def static_positions(fun, static_argnums, static_argnames):
+    """The static argument positions: ``static_argnums`` and those of ``static_argnames``."""
+    nums = tuple(static_argnums) if isinstance(static_argnums, (tuple, list)) else (static_argnums,)
+    names = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    if not names:
+        return nums
+    pos = [p.name for p in _signature(fun).parameters.values() if p.kind in _POSITIONAL]
+    for n in names:
+        if n not in pos:
+            raise GradjitError(f"static_argnames: {name_of(fun)} has no positional parameter "
+                               f"'{n}'")
+    return tuple(sorted(set(nums) | {pos.index(n) for n in names}))

@@ -449,8 +449,55 @@ def gj_mod(a, b):
     r = np.mod(a, b)
     return r if r != 0 else abs(r) * np.sign(b)
 
+@numba.njit(**_ieee)
+def gj_erf(x):
+    return _like(x, math.erf(x))
+
+
+@numba.njit(**_ieee)
+def gj_lgamma(x):
+    """scipy.special.gammaln: log |Gamma(x)|, inf at the poles."""
+    if x == -math.inf:
+        return x
+    if abs(x) < 2.2250738585072014e-308 or x < 0 and x == math.floor(x):
+        return _like(x, math.inf)
+    return _like(x, math.lgamma(x))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _psi(x, order):
+    """digamma (order 0) or trigamma (order 1): recurrence to x >= 6, asymptotic series,
+    reflection below 0 (as primitives._psi_np)."""
+    if x == 0:  # scipy: psi(+0.0) = -inf, psi(-0.0) = inf
+        return -math.copysign(math.inf, x) if order == 0 else math.inf
+    if x < 0 and x == math.floor(x):
+        return math.nan
+    z = 1.0 - x if x < 0 else x
+    acc = 0.0
+    while z < 6:
+        acc += -1.0 / z if order == 0 else 1.0 / (z * z)
+        z += 1.0
+    f = 1.0 / (z * z)
+    if order == 0:
+        acc += math.log(z) - 0.5 / z - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (
+            1 / 240 - f / 132))))
+        return acc - math.pi / math.tan(math.pi * x) if x < 0 else acc
+    acc += 1 / z + f / 2 + f / z * (1 / 6 - f * (1 / 30 - f * (1 / 42 - f / 30)))
+    return (math.pi / math.sin(math.pi * x)) ** 2 - acc if x < 0 else acc
+
+
+@numba.njit(**_ieee)
+def gj_digamma(x):
+    return _like(x, _psi(np.float64(x), 0))
+
+
+@numba.njit(**_ieee)
+def gj_trigamma(x):
+    return _like(x, _psi(np.float64(x), 1))
+
+
 __all__ = ["gj_acc_add", "gj_acc_fmax", "gj_acc_fmin", "gj_acc_max", "gj_acc_min",
-           "gj_acc_mul", "gj_cos",
+           "gj_acc_mul", "gj_cos", "gj_digamma", "gj_erf", "gj_lgamma", "gj_trigamma",
            "gj_cumsum_last", "gj_exp", "gj_fmax", "gj_fmin", "gj_maximum",
            "gj_minimum", "gj_mod", "gj_shares", "gj_sign", "gj_sin", "gj_slicelen", "gj_tape_at",
            "gj_tape_room"]

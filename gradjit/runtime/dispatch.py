@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..compiler import effects as effects_mod
 from ..compiler import frontend, pytree, transforms
 from ..compiler.transforms import name_of
 from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
@@ -28,15 +29,16 @@ from .vmap import Batched
 class Transformed:
     """The callable returned by ``gj.jit``, ``gj.grad``, ``gj.value_and_grad``."""
 
-    def __init__(self, fun, kind, argnums=0, has_aux=False, static_argnums=(), target="auto"):
+    def __init__(self, fun, kind, argnums=0, has_aux=False, static_argnums=(), target="auto",
+                 static_argnames=()):
         if not callable(fun):
             raise TypeError(f"gradjit transforms take a function, not {type(fun).__name__}")
         self.fun = fun
         self.kind = kind
         self.argnums = argnums
         self.has_aux = has_aux
-        self.static_argnums = tuple(static_argnums) if isinstance(static_argnums, (tuple, list)) \
-            else (static_argnums,)
+        self.static_argnames = static_argnames
+        self.static_argnums = transforms.static_positions(fun, static_argnums, static_argnames)
         if not all(isinstance(k, int) and k >= 0 for k in self.static_argnums):
             # (negative positions would need the arity; unchecked they were silently ignored)
             raise GradjitError(f"static_argnums={static_argnums!r}: expected non-negative "
@@ -55,7 +57,9 @@ class Transformed:
 
     # -- the hot path --------------------------------------------------------------------------
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:  # bound to positions by the function's signature
+            args = transforms.bind_arguments(self.fun, args, kwargs)
         # The hot path: numba's C fingerprint of the arguments' types (dtype, rank, layout),
         # one dict lookup, and the compiled function numba would pick for them, called
         # directly. The kernel itself raises when a size is 1 where it was compiled for
@@ -91,7 +95,7 @@ class Transformed:
         key = (_KEYS[n] if n < _N_KEYS else _key_fn(n))(args)
         entry = self.cache.get(key)
         if entry is None or self.static_argnums or entry.check:
-            if self.static_argnums or any(t in _TREES for t in key):
+            if self.static_argnums or any(t in _TREES or pytree.is_node_type(t) for t in key):
                 return self._call_tree(args)
             if entry is None or not entry.guards_ok():
                 for a in args:
@@ -169,7 +173,7 @@ class Transformed:
         transform, and replay the result into the caller's graph (so transforms compose and a
         whole optimisation loop compiles into one kernel)."""
         if kwargs:
-            raise TraceError(f"{interp.loc}: keyword arguments to a gradjit transform are not supported")
+            args = transforms.bind_arguments(self.fun, tuple(args), kwargs)
         if self.kind == "vjp":
             raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
         return transforms.inline(self, interp, args, static_args(self, args))
@@ -356,7 +360,22 @@ def _compile_with_manifests(tf, args):
                 print(f"[gradjit] manifest hit {tf.kind} {m['qualname']} [{m['signature']}] "
                       f"{time.perf_counter() - t0:.3f}s", file=sys.stderr)
             return e
-    return Lowered(tf, args, fkey=fkey).compile()
+    low = Lowered(tf, args, fkey=fkey)
+    return _with_effects(low.compile(), low.traced.effects)
+
+
+def _with_effects(entry, effects):
+    """The entry's results, after the Python side effects of its trace (``self.nfev += 1``)
+    are replayed in program order (compiler/effects.py): ``post`` runs after every kernel call,
+    on the fast table, the full path and pytree calls alike."""
+    if effects:
+        post, replay = entry.post, effects_mod.run_all
+
+        def post_effects(out):
+            replay(effects)
+            return out if post is None else post(out)
+        entry.post = post_effects
+    return entry
 
 
 # transform objects in manifest keys and guards: described by their kind, options and function

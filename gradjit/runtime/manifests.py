@@ -158,6 +158,8 @@ def _describe_trace(low, entry_key):
     """The manifest payload of a Lowered (raises Unstorable)."""
     import types
     traced = low.traced
+    if traced.effects:  # a manifest's entry would skip their replay (compiler/effects.py)
+        raise Unstorable("the function changes Python state outside it")
     files, segments = {}, []
     texts = {}
     for (path, line, _col), (qualname, seg) in traced.sources.items():
