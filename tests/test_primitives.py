@@ -981,7 +981,8 @@ def test_every_primitive_has_vjp_and_cpu_lowering():
     for name, prim in sorted(P.ALL.items()):
         if prim.vjp is None and name not in NO_VJP:
             gaps.append(f"{name}: no vjp rule")
-        gaps += cpu_gaps(name, prim)
+        if prim.expand is None:  # one that stands for a graph is inlined before lowering
+            gaps += cpu_gaps(name, prim)
         if prim.impl is None and getattr(prim, "eval_rule", None) is None and prim.kind != "check":
             gaps.append(f"{name}: no reference implementation (impl / eval_rule)")
     assert not gaps, "primitives with missing rules:\n  " + "\n  ".join(gaps)

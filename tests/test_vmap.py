@@ -436,5 +436,6 @@ NO_RULE = {"const"}
 
 
 def test_primitives_lacking_a_batching_rule():
-    lacking = {name for name, p in P.ALL.items() if p not in BATCH_RULES}
+    # (one that stands for a graph, custom_vjp, is batched as that graph)
+    lacking = {name for name, p in P.ALL.items() if p not in BATCH_RULES and p.expand is None}
     assert lacking == NO_RULE, f"lacking a batching rule: {sorted(lacking - NO_RULE)}"

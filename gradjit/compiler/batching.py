@@ -150,9 +150,12 @@ def batch_graph(graph, args, dims, outer=None):
                 out_ds = [None] * len(outs)
             else:
                 rule = BATCH_RULES.get(e.prim)
-                if rule is None:
+                if rule is None and e.prim.expand is not None:  # batched as what it stands for
+                    g = e.prim.expand(e)
+                    out, od = batch_graph(g, ins[:len(g.inputs)], ds[:len(g.inputs)])
+                elif rule is None:
                     raise _err(f"the operation '{e.prim.name}' cannot be batched yet")
-                if e.prim.bind_eqn is not None:  # control flow: sizes shared with regions
+                elif e.prim.bind_eqn is not None:  # control flow: sizes shared with regions
                     out, od = rule(ins, ds, _outer=(env, bd), **e.p)
                 else:
                     out, od = rule(ins, ds, **e.p)

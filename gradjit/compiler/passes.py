@@ -8,8 +8,9 @@ and DCE are plain walks.
 from __future__ import annotations
 
 from . import ad
+from . import primitives as P
 from .ir import Graph, Lit, Var, subgraphs
-from .tracing import Builder, Tracer, building, make_graph
+from .tracing import Builder, Tracer, building, location, make_graph
 
 
 def simplify(graph):
@@ -168,6 +169,44 @@ def dce(graph):
     return graph.replace(eqns=tuple(reversed(kept)))
 
 
+def expand(graph):
+    """``graph`` with each equation that stands for a graph until lowering
+    (``Primitive.expand``: custom_vjp) replaced by that graph's equations, in regions too."""
+    if not _expands(graph):
+        return graph
+    with building(Builder()) as b:
+        ins = [Tracer(v) for v in graph.inputs]
+        env = {}
+        ad.bind_input_dims(graph, ins, env)
+        for e in graph.eqns:
+            args = [a.value if isinstance(a, Lit) else env[a] for a in e.inputs]
+            with location(e.loc):
+                if e.prim.expand is not None:
+                    g = expand(e.prim.expand(e))
+                    outs, _ = ad.replay(g, args[:len(g.inputs)])
+                elif e.prim.bind_eqn is not None and any(_expands(g) for g in subgraphs(e)):
+                    outs = e.prim.bind_eqn(map_subgraphs(e, expand), args)
+                else:
+                    outs = _bind(e, args)
+            if not (e.prim.multiple_results or e.prim.expand is not None):
+                outs = (outs,) if e.outputs else ()
+            for v, o in zip(e.outputs, outs):
+                env[v] = o
+        return make_graph(ins, [a.value if isinstance(a, Lit) else env[a]
+                                for a in graph.outputs], b).replace(meta=graph.meta)
+
+
+def _bind(e, args):
+    return e.prim.bind_eqn(e, args) if e.prim.bind_eqn is not None else \
+        P.bind(e.prim, *args, **e.p)
+
+
+def _expands(graph):
+    return any(e.prim.expand is not None or any(_expands(g) for g in subgraphs(e))
+               for e in graph.eqns)
+
+
 def optimize(graph):
+    graph = expand(graph)
     g = dce(cse(simplify(graph)))
     return dce(cse(g))

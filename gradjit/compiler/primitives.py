@@ -68,6 +68,9 @@ class Primitive:
     rebase: Callable | None = None  # (eqn, output k, acc) -> eqn computing acc + output k
     vjp_fwd: Callable | None = None  # (eqn, args, active mask) -> (outs, residuals): AD forward
     vjp_bwd: Callable | None = None  # (cts, ins, outs, residuals, **params) -> input cotangents
+    # eqn -> Graph: until lowering it stands for that graph on its first inputs (custom_vjp's
+    # forward function); the optimiser inlines it and batching batches the graph
+    expand: Callable | None = None
 
     def __repr__(self):
         return f"{self.name}_p"
