@@ -74,3 +74,15 @@ def test_check_mode_from_the_environment(tmp_path):
 def test_unknown_option_is_refused():
     with pytest.raises(TypeError, match="unknown gradjit option"):
         gj.config(chekc=True)
+
+
+def _sin_twice(x):
+    return np.sin(x) * 2.0
+
+
+def test_vmap_under_check_mode_is_checked_against_the_reference_evaluator(checking):
+    # (vmap's function object calls the transform itself: no plain-Python rerun, no recursion)
+    xs = np.linspace(-1, 1, 6).reshape(2, 3)
+    np.testing.assert_allclose(gj.vmap(_sin_twice)(xs), np.sin(xs) * 2.0, rtol=1e-12)
+    np.testing.assert_allclose(gj.vmap(gj.grad(lambda x: np.sum(_sin_twice(x))))(xs),
+                               np.cos(xs) * 2.0, rtol=1e-12)

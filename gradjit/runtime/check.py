@@ -46,12 +46,15 @@ def differential(tf, args, result):
     """``result`` (the kernel's) against the reference evaluator on a fresh trace of the same
     call; the traced function's forward values against the function run by Python."""
     from ..compiler import reference
+    from .vmap import Batched
     low = Lowered(tf, args, fkey=None)
     vals = [prepare(x) for x in low.leaves] + [c.get() for c in low.traced.captures]
     ref = reference.evaluate(low.optimized, *vals)
     want = tuple(ref) if low.assemble is None else low.assemble(list(ref))
     _agree(result, want, f"{tf.kind} of {low.traced.qualname} ({low.traced.loc})",
            "the reference evaluator")
+    if isinstance(tf.fun, Batched):  # calling it would run this transform again (recursion)
+        return result
     fwd = reference.evaluate(low.traced.graph, *vals)
     python = tf.fun(*args)
     _agree(pytree.unflatten(low.traced.out_tree, fwd), python,
