@@ -59,10 +59,18 @@ docs-serve: $(DOCS_STAMP)
 # (--dist loadfile), so a file's compile counts and module-scoped caches stay its own.
 # Extra pytest arguments: make test PYTEST_ARGS="-k cache -x"; TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
+# The CUDA tests (tests/cuda) run in a process of their own under numba-cuda's simulator
+# (NUMBA_ENABLE_CUDASIM=1 must be set before numba is first imported); the exit status is the
+# first failure of the two runs (PYTEST_ARGS selecting no CUDA test is not one).
 test: $(VENV)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -p no:cacheprovider \
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/cuda \
 		-n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -p no:cacheprovider tests/cuda \
+		-n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc2=$$?; \
+	if [ $$rc2 -eq 5 ] && [ -n "$(PYTEST_ARGS)" ]; then rc2=0; fi; \
+	if [ $$rc2 -eq 5 ]; then echo "error: pytest collected no CUDA tests" >&2; fi; \
+	if [ $$rc -eq 0 ]; then rc=$$rc2; fi; \
 	exit $$rc
 
 bench: $(BENCH_STAMP)

@@ -151,6 +151,8 @@ def _transformed(args):
             raise UsageError(f"--argnums needs --transform {', '.join(WITH_ARGNUMS[:-1])} or "
                              f"{WITH_ARGNUMS[-1]} ({args.transform} has no argnums)")
         options["argnums"] = args.argnums
+    if args.compile_target is not None:
+        options["target"] = args.compile_target
     try:
         return transform(fn, **options)
     except GradjitError:
@@ -221,18 +223,25 @@ def cmd_cache_list(args):
     if not entries:
         print(f"no entries in {cache.directory}")
         return 0
+    # The target column appears once some entry is not for the CPU (e.g. "cuda sm_90": the
+    # compute capability its kernels were built for).
+    targets = [" ".join(x for x in (e.get("target") or "cpu", e.get("capability")) if x)
+               for e in entries]
+    show = any(t != "cpu" for t in targets)
     rows = [
         (
             e.get("qualname", "?"),
             _location(e),
             e.get("transform", "?"),
+            *((t,) if show else ()),
             e.get("signature", "?"),
             format_size(e["size"]),
             _when(e["last_used"]),
         )
-        for e in entries
+        for e, t in zip(entries, targets)
     ]
-    _table(rows, ("FUNCTION", "FILE:LINE", "TRANSFORM", "SIGNATURE", "SIZE", "LAST USED"))
+    _table(rows, ("FUNCTION", "FILE:LINE", "TRANSFORM", *(("TARGET",) if show else ()),
+                  "SIGNATURE", "SIZE", "LAST USED"))
     return 0
 
 
@@ -453,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="transform to apply (default: jit)")
         p.add_argument("--argnums", type=_argnums, metavar="N[,N...]",
                        help="argnums of the transform (e.g. 0 or 0,1)")
+        p.add_argument("--target", dest="compile_target", metavar="TARGET",
+                       choices=("auto", "cpu", "parallel", "cuda"),
+                       help="the target to compile for: auto, cpu, parallel or cuda (with "
+                       "--source, cuda prints the CUDA kernels and their host function)")
         if many:
             p.add_argument("--signature", action="append", required=True, metavar="SIG",
                            help='argument types, e.g. "float64[:], float64"; repeatable')
@@ -474,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     target_options(p, many=False)
     p.add_argument("--ir", action="store_true", help="the traced IR")
     p.add_argument("--grad-ir", action="store_true", help="the differentiated, optimised IR")
-    p.add_argument("--source", action="store_true", help="the generated numba source")
+    p.add_argument("--source", action="store_true",
+                   help="the generated numba (or numba-cuda, with --target cuda) source")
     p.add_argument("--dot", nargs="?", const="-", metavar="OUT",
                    help="a Graphviz graph; to stdout, or rendered to OUT (e.g. graph.png)")
     p.set_defaults(handler=cmd_inspect)

@@ -13,8 +13,8 @@ from ..compiler.codegen.backend import backend_for
 from ..compiler.ir import verify
 from ..compiler.transforms import assembler, trace, transform_spec
 from ..errors import GradjitError
-from . import manifests
-from .entry import make_entry
+from . import device, manifests
+from .entry import make_cuda_entry, make_entry
 from .loader import (capi_needed, entry_point, load_source, numba_compile, out_examples,
                      preload_capi, versions)
 from .signature import describe, prepare
@@ -40,15 +40,23 @@ class Lowered:
     def __init__(self, tf, args, fkey=UNSET):
         self.tf = tf
         static = static_args(tf, args)
+        leaves = [x for k, a in enumerate(args) if k not in static
+                  for x in pytree.flatten(a)[0]]
+        self.target = resolve_target(tf, leaves)
         # the manifest key is taken before tracing: what the trace then reads is recorded
-        self.fkey = manifests.function_key(tf, args) if fkey is UNSET else fkey
+        # (none for CUDA: dispatch._compile_with_manifests)
+        self.fkey = None if self.target == "cuda" else \
+            manifests.function_key(tf, args) if fkey is UNSET else fkey
+        if self.target == "cuda":
+            device.cuda()  # no numba-cuda, or no GPU and no simulator: say so before tracing
+            args = _host_views(args, static)  # tracing sees numpy stand-ins of device arrays
+            static = static_args(tf, args)
+            leaves = [device.host_view(x) for x in leaves]
         stats.traces += 1
         self.traced = trace(tf.fun, args, static)
         kind = tf.kind
-        self.leaves = [x for k, a in enumerate(args) if k not in static
-                       for x in pytree.flatten(a)[0]]
+        self.leaves = leaves
         self.signature = describe(self.leaves)
-        self.target = resolve_target(tf)
         what = f"{kind} of {self.traced.qualname} ({self.traced.loc})"
         graph, self.spec = transform_spec(tf, self.traced, args, static)
         self.assemble = assembler(self.spec)
@@ -82,15 +90,28 @@ class Lowered:
         return to_dot(self.optimized)
 
     def compile(self):
-        key = hashlib.sha256((self.source + versions()).encode()).hexdigest()
+        extra = device.versions() if self.target == "cuda" else ""
+        key = hashlib.sha256((self.source + versions() + extra).encode()).hexdigest()
         meta = {"qualname": self.traced.qualname, "file": self.traced.loc.rsplit(":", 1)[0],
                 "line": int(self.traced.loc.rsplit(":", 1)[1]) if ":" in self.traced.loc else 0,
                 "transform": self.tf.kind, "signature": self.signature, "target": self.target,
                 "created": time.time()}
+        if self.target == "cuda":
+            meta["capability"] = device.capability()
         t0 = time.perf_counter()
-        mod, hit = load_source(self.source, key, meta)
-        preload_capi(capi_needed(self.source))
-        self.compile_kernel(entry_point(mod), out_examples(mod))
+        try:
+            mod, hit = load_source(self.source, key, meta)
+        except GradjitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numba-cuda at import: one line, never a traceback
+            if self.target != "cuda":
+                raise
+            raise GradjitError(f"internal error: the CUDA module of {self.tf.kind} of "
+                               f"{self.traced.qualname} ({self.traced.loc}) failed to load: "
+                               f"{type(e).__name__}: {e}") from None
+        if self.target != "cuda":  # (numba-cuda compiles a kernel at its first launch)
+            preload_capi(capi_needed(self.source))
+            self.compile_kernel(entry_point(mod), out_examples(mod))
         dc = disk_cache()
         if dc is not None and dc.enabled:
             dc.seal(key)  # record numba's object code so later processes can trust it
@@ -102,8 +123,13 @@ class Lowered:
             print(f"[gradjit] {'disk hit' if hit else 'compile'} {self.tf.kind} "
                   f"{self.traced.qualname} [{self.signature}] {time.perf_counter() - t0:.3f}s",
                   file=sys.stderr)
-        e = make_entry(mod, self.traced.captures, self.traced.guards, self.leaves,
-                   [(a.dtype, a.ndim) for a in self.result_avals()], self.assemble)
+        if self.target == "cuda":
+            e = make_cuda_entry(mod, self.traced.captures, self.traced.guards, self.leaves,
+                                self.assemble, lambda: f"{self.tf.kind} of {self.traced.qualname}"
+                                f" ({self.traced.loc}) [{self.signature}]")
+        else:
+            e = make_entry(mod, self.traced.captures, self.traced.guards, self.leaves,
+                           [(a.dtype, a.ndim) for a in self.result_avals()], self.assemble)
         e.graph = self.optimized
         e.source = self.source
         e.traced = self.traced.graph
@@ -115,10 +141,35 @@ class Lowered:
         return [a.aval for a in self.optimized.outputs]
 
 
-def resolve_target(tf):
-    target = tf.target if tf.target != "auto" else os.environ.get("GRADJIT_TARGET", "cpu")
+TARGETS = ("auto", "cpu", "parallel", "cuda")
+
+
+def resolve_target(tf, leaves=()):
+    """The target of a call: the transform's, or for "auto" ``GRADJIT_TARGET`` if set, else
+    "cuda" when an argument is a device array and "cpu" otherwise."""
+    target = tf.target
     if target == "auto":
-        target = "cpu"
-    if target == "cuda":
-        raise GradjitError("target='cuda' is not available yet")
+        target = os.environ.get("GRADJIT_TARGET", "").strip().lower() or "auto"
+        if target not in TARGETS:
+            raise GradjitError(f"GRADJIT_TARGET={target!r} is not a target: use one of "
+                               f"{', '.join(TARGETS)}")
+    on_device = any(map(device.is_device_array, leaves))
+    if target == "auto":
+        target = "cuda" if on_device else "cpu"
+    if on_device and target != "cuda":
+        raise GradjitError(f"CUDA device arrays were passed to a function compiled for "
+                           f"target={target!r}: use target='cuda' or 'auto' (or copy them to "
+                           "the host first)")
     return target
+
+
+def _host_views(args, static):
+    """``args`` with every device-array leaf replaced by its numpy stand-in."""
+    out = []
+    for k, a in enumerate(args):
+        if k in static:
+            out.append(a)
+            continue
+        leaves, tree = pytree.flatten(a)
+        out.append(pytree.unflatten(tree, [device.host_view(x) for x in leaves]))
+    return tuple(out)

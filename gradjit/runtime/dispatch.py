@@ -16,8 +16,9 @@ from ..compiler.transforms import name_of
 from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
 from . import manifests
 from .check import differential, options
-from .compiled import Lowered, static_args
+from .compiled import Lowered, resolve_target, static_args
 from .dask_arrays import has_dask
+from .device import is_device_array
 from .entry import shapes_text
 from .loader import into_runner
 from .numba_internals import compiled_for, fingerprint_function
@@ -100,6 +101,10 @@ class Transformed:
             if entry is None or not entry.guards_ok():
                 for a in args:
                     arg_key(a)  # rejects unsupported argument types with a clear error
+                    if is_device_array(a):  # keyed per leaf (arg_key), as pytrees are
+                        _TREES.add(type(a))
+                if any(t in _TREES for t in key):
+                    return self._call_tree(args)
                 if entry is not None:  # something it read changed: off the hot path
                     self._drop_fast(entry)
                 entry = self._compile(key, args)
@@ -189,7 +194,9 @@ class Transformed:
         return entry
 
 
-_TREES = (tuple, list, dict, type(None))
+# Argument types keyed leaf by leaf (``_call_tree``): pytrees, and the types of device arrays
+# met so far (the hot path's key of one is only its type; they never take the fast table).
+_TREES = {tuple, list, dict, type(None)}
 
 
 def _array_key(a):
@@ -336,7 +343,9 @@ def _hashable(a):
 def _compile_with_manifests(tf, args):
     """An Entry from a manifest of the disk cache (no tracing), else traced and compiled
     (and the manifest written)."""
-    fkey = manifests.function_key(tf, args)
+    # CUDA entries are found by tracing (their modules and numba-cuda's object code are still
+    # read from the disk cache): a manifest would also have to pin the device
+    fkey = None if _on_cuda(tf, args) else manifests.function_key(tf, args)
     if fkey is not None:
         dc = disk_cache()
         t0 = time.perf_counter()
@@ -376,6 +385,14 @@ def _with_effects(entry, effects):
             return out if post is None else post(out)
         entry.post = post_effects
     return entry
+
+
+def _on_cuda(tf, args):
+    if tf.target == "cpu" or tf.target == "parallel":
+        return False
+    static = set(tf.static_argnums)
+    leaves = [x for k, a in enumerate(args) if k not in static for x in pytree.flatten(a)[0]]
+    return resolve_target(tf, leaves) == "cuda"
 
 
 # transform objects in manifest keys and guards: described by their kind, options and function

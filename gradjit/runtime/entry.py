@@ -63,6 +63,22 @@ def make_entry(mod, captures, guards, leaves, results, assemble):
     return e
 
 
+def make_cuda_entry(mod, captures, guards, leaves, assemble, what):
+    """The Entry of a CUDA module (codegen/cuda.py): its host function behind a runner that
+    moves arguments to the device and hands results back (runtime/device.py)."""
+    from .device import runner
+    e = Entry()
+    e.kernel = e.full = runner(mod.kernel, mod.kernel_results, what)
+    e.captures = captures
+    e.guards = guards
+    e.check = bool(e.guards or e.captures)
+    e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in leaves)
+    e.graph = e.source = e.traced = e.optimized = None
+    e.n_out = len(mod.kernel_results)
+    e.post = _post([_identity] * e.n_out, assemble)  # the runner already typed the results
+    return e
+
+
 def _post(convs, assemble):
     """Turn the kernel's return value into the transform's result; None when it already is."""
     if len(convs) == 1:

@@ -12,7 +12,7 @@ import numpy as np
 from ..compiler.avals import SCALARS as _SCALARS
 from ..compiler.avals import aval_for
 from ..errors import GradjitError
-
+from .device import device_key, is_device_array
 
 
 def arg_key(x):
@@ -25,8 +25,8 @@ def arg_key(x):
         return t
     if isinstance(x, np.generic):
         return x.dtype
-    if hasattr(x, "__cuda_array_interface__"):
-        raise GradjitError("CUDA device arrays need target='cuda' support, which is not available yet")
+    if is_device_array(x):  # its own key: never the entry of a numpy array of its dtype
+        return device_key(x)
     if isinstance(x, np.ndarray):
         return arg_key(np.asarray(x))
     raise TypeError(f"gradjit cannot take an argument of type {t.__name__}")
