@@ -75,6 +75,7 @@ test: $(VENV)
 
 bench: $(BENCH_STAMP)
 	$(BENCH_ENV) $(PY) benchmarks/run.py --out benchmarks/results
+	$(BENCH_ENV) $(PY) benchmarks/dask_bench.py --out benchmarks/results/dask.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .gradjit-cache

@@ -2,7 +2,9 @@
 
 Each script runs in its own process, exactly as ``python examples/NAME.py`` would (its
 output is shown under its name; ``-q`` shows only failures). Figures go to
-``examples/figures/`` (or ``$GRADJIT_FIGURES``).
+``examples/figures/`` (or ``$GRADJIT_FIGURES``). Scripts run at their quick size
+(``GRADJIT_EXAMPLES_QUICK=1`` unless set otherwise): dask_logistic.py's default data set is
+26 GB, and each pass over it takes minutes here.
 
     make demo        # or: .venv/bin/python examples/run_all.py [-q] [NAME ...]
 """
@@ -21,7 +23,7 @@ sys.path.insert(0, HERE)
 # in tutorial order; every other examples/*.py is listed after these
 SCRIPTS = ["simple_gradients", "vector_functions", "losses", "chain_rule", "detach",
            "control_flow", "local_arrays", "higher_order", "batched_jacobian", "himmelblau",
-           "training", "trig_fit", "newton_cg", "hmc"]
+           "training", "trig_fit", "newton_cg", "hmc", "dask_logistic"]
 NOT_SCRIPTS = {"run_all", "seeds"}   # seeds.py is the workload table's module
 
 
@@ -37,8 +39,9 @@ def banner(title):
 
 def run_script(name, quiet):
     t = time.perf_counter()
+    env = {"GRADJIT_EXAMPLES_QUICK": "1", **os.environ}  # an explicit setting wins
     proc = subprocess.run([sys.executable, os.path.join(HERE, name + ".py")],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     dt = time.perf_counter() - t
     if not quiet or proc.returncode:
         print(banner(name + ".py"))

@@ -57,7 +57,7 @@ import numpy as np
 from ..errors import GradjitError
 from . import control as C
 from . import primitives as P
-from .ir import Aval, Graph, Lit, Var, subgraphs
+from .ir import Aval, Eqn, Graph, Lit, Var, make_params, subgraphs
 from .reference import evaluate as _evaluate
 
 __all__ = ["NotSplittable", "Plan", "ChunkStage", "split", "execute", "evaluate", "COMBINE"]
@@ -627,6 +627,13 @@ def _chunk_stage(graph, info, p, total):
     glob = [u for u in free if u not in chunk_vars and u not in ctx.rows]
     bound = {d for v in chunk_vars + glob for d in v.aval.shape if isinstance(d, Var)}
     glob = [u for u in glob if u not in bound]
+    # The chunk inputs' row counts are equal (the runtime cuts them alike): a check says so
+    # to the kernel's scheduler, which fuses loops only over sizes a check proved equal
+    # (without it, X's rows and y's rows stay two sizes: separate loops, row-long temporaries).
+    dims = list(dict.fromkeys(v.aval.shape[ctx.chunked[k]] for k, v in zip(take, chunk_vars)))
+    eqns = [Eqn(P.check_eq_p, (dims[0], d), make_params({"msg": "Dask chunks of different "
+                                                          "row counts (internal)"}), ())
+            for d in dims[1:]] + eqns
     for u in glob:
         c = info.of(u)
         assert u is total or c.kind == GLOBAL and c.stage < p, (u, c, p)
