@@ -40,6 +40,15 @@ from ...errors import GradjitError
 from .. import primitives as P
 from ..ir import Lit, Namer, Var, fmt_aval
 from .backend import Backend, RuleTable, of_kind
+from .common import acc_dtype as _acc_dtype
+from .common import bcast as _bcast
+from .common import is_data as _is_data
+from .common import is_one as _is_one
+from .common import ravel as _ravel
+from .common import size as _size
+from .common import static_index as _static_index
+from .common import static_spec as _static_spec
+from .common import unravel as _unravel
 from .schedule import Loop, drop_copies, is_small, row_matmul, schedule
 
 
@@ -560,41 +569,6 @@ def _lines(body):
 _ASSIGN = re.compile(r"\s*(\w+) = ")
 
 
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _unravel(k, shape):
-    c = []
-    for d in reversed(shape):
-        c.append(k % d)
-        k //= d
-    return tuple(reversed(c))
-
-
-def _ravel(c, shape):
-    k = 0
-    for i, d in zip(c, shape):
-        k = k * d + i
-    return k
-
-
-def _bcast(c, a):
-    """Coordinates in ``a`` of element ``c`` of a result ``a`` broadcasts to."""
-    if isinstance(a, Lit) or a.aval.ndim == 0:
-        return ()
-    shape = a.aval.shape
-    off = len(c) - len(shape)
-    return tuple(0 if (isinstance(d, int) and d == 1) else c[off + j] for j, d in enumerate(shape))
-
-
-def _is_one(d):
-    return isinstance(d, int) and d == 1
-
-
 def _fold(expr):
     """An expression of literals only, evaluated at compile time (e.g. the entries of an
     identity matrix built by comparing two aranges)."""
@@ -657,34 +631,6 @@ def _combine(tpl, texts):
     return acc
 
 
-def _static_spec(spec):
-    return all(x != P.DYN for s in spec for x in s[1:])
-
-
-def _static_index(spec, shape):
-    """Per axis of ``shape``: (kept, the indices a static basic-index ``spec`` selects)."""
-    out = []
-    for ax, n in enumerate(shape):
-        if ax < len(spec):
-            s = spec[ax]
-            if s[0] == "i":
-                out.append((False, [s[1] % n]))
-                continue
-            out.append((True, list(range(n))[slice(s[1], s[2], s[3])]))
-        else:
-            out.append((True, list(range(n))))
-    return out
-
-
-# primitives whose operands after the first are sizes (of the shape they make)
-_SIZED = frozenset({P.broadcast_to_p, P.full_p})
-
-
-def _is_data(e, a):
-    """Operands read elementwise (sizes passed to shape-making primitives are not)."""
-    return a is e.inputs[0] if e.prim in _SIZED else True
-
-
 # ---------------------------------------------------------------------------------------------
 # Fused loops: the part of each equation in the body of its loop
 # ---------------------------------------------------------------------------------------------
@@ -692,15 +638,6 @@ def _is_data(e, a):
 # rule(lb, e): write e's part of the loop that lb (a LoopBuilder) builds: its elements through
 # lb.store, or updates of an array allocated before the loop (lb.alloc).
 LOOP_RULES = RuleTable("CPU", "LOOP_RULES", "the body of a fused loop")
-
-# Accumulator dtypes other than the result's, per reduction and result dtype: float32 sums add
-# up in float64 (one rounding at the end instead of one per element) and are cast back.
-ACC_DTYPES = {P.reduce_sum_p: {"float32": "float64"}}
-
-
-def _acc_dtype(prim, dt):
-    return ACC_DTYPES.get(prim, {}).get(dt, dt)
-
 
 @LOOP_RULES.register(*of_kind("elementwise"))
 def _loop_elementwise(lb, e):

@@ -53,7 +53,15 @@ from ...errors import GradjitError
 from .. import control as C
 from .. import primitives as P
 from ..ir import Lit, Namer, Var, fmt_aval, subgraphs
+from . import common
 from .backend import Backend, RuleTable, of_kind
+from .common import bcast as _bcast
+from .common import is_data as _is_data
+from .common import is_one as _is_one
+from .common import ravel as _ravel
+from .common import size as _size
+from .common import static_index as _static_index
+from .common import unravel as _unravel
 from .schedule import Loop, Stmt, drop_copies, is_small, row_matmul, schedule
 
 HEADER = '''\
@@ -197,50 +205,11 @@ def lit_text(a, dtype=None):
 
 
 def acc_dtype(e):
-    """The accumulator dtype of a reduction: float32 sums accumulate in float64 (as on the
-    CPU)."""
-    dt = e.outputs[0].aval.dtype
-    return "float64" if dt == "float32" and e.prim is P.reduce_sum_p else dt
+    """The accumulator dtype of a reduction (float32 sums accumulate in float64)."""
+    return common.acc_dtype(e.prim, e.outputs[0].aval.dtype)
 
 
 _ATOM = re.compile(r"[A-Za-z_]\w*|-?\d+(\.\d*)?(e[-+]?\d+)?|True|False")
-
-
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _unravel(k, shape):
-    c = []
-    for d in reversed(shape):
-        c.append(k % d)
-        k //= d
-    return tuple(reversed(c))
-
-
-def _ravel(c, shape):
-    k = 0
-    for i, d in zip(c, shape):
-        k = k * d + i
-    return k
-
-
-def _bcast(c, a):
-    """Coordinates in ``a`` of element ``c`` of a result that ``a`` broadcasts to."""
-    if isinstance(a, Lit) or a.aval.ndim == 0:
-        return ()
-    shape = a.aval.shape
-    off = len(c) - len(shape)
-    return tuple(0 if (isinstance(d, int) and d == 1) else c[off + j] for j, d in enumerate(shape))
-
-
-def _is_data(e, a):
-    if e.prim in (P.broadcast_to_p, P.full_p):
-        return a is e.inputs[0]
-    return True
 
 
 def _combine(tpl, texts):
@@ -248,21 +217,6 @@ def _combine(tpl, texts):
     for t in rest:
         acc = tpl.format(t, acc=acc)
     return acc
-
-
-def _static_index(spec, shape):
-    """Per axis of ``shape``: (kept, the indices a static basic-index ``spec`` selects)."""
-    out = []
-    for ax, n in enumerate(shape):
-        if ax < len(spec):
-            s = spec[ax]
-            if s[0] == "i":
-                out.append((False, [s[1] % n]))
-                continue
-            out.append((True, list(range(n))[slice(s[1], s[2], s[3])]))
-        else:
-            out.append((True, list(range(n))))
-    return out
 
 
 def _is_scalar_aval(a):
@@ -1905,10 +1859,6 @@ def _k_scatter(kb, e):
         kb.body.append(f"{target}[{where}] += {x}")
     else:
         kb.body.append(f"cuda.atomic.add({target}, ({where},), {x})")
-
-
-def _is_one(d):
-    return isinstance(d, int) and d == 1
 
 
 # =============================================================================================
