@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 # in tutorial order; every other examples/*.py is listed after these
 SCRIPTS = ["simple_gradients", "vector_functions", "losses", "chain_rule", "detach",
            "control_flow", "local_arrays", "higher_order", "batched_jacobian", "himmelblau",
-           "training", "trig_fit", "newton_cg", "hmc", "dask_logistic"]
+           "training", "trig_fit", "newton_cg", "hmc", "gpu_jacobian", "dask_logistic"]
 NOT_SCRIPTS = {"run_all", "seeds"}   # seeds.py is the workload table's module
 
 
