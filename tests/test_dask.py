@@ -300,6 +300,25 @@ def test_parameters_once_per_pass(threads):
     assert sum(str(n).startswith("run_chunk-") for n in names) == N // CHUNK
 
 
+class CountedLoss:
+    """A model object as users write them: a loss method with an evaluation counter."""
+
+    def __init__(self):
+        self.nfev = 0
+
+    def loss(self, w, X, y):
+        self.nfev += 1
+        return mse(w, X, y)
+
+
+def test_side_effects_are_replayed_per_call_over_dask_arrays(threads):
+    model = CountedLoss()
+    g = gj.grad(model.loss)
+    for k in range(3):
+        np.testing.assert_allclose(g(W, dX(), dy(Y_REG)), grad_mse(W, X, Y_REG), rtol=1e-9)
+        assert model.nfev == k + 1
+
+
 # ---- a LocalCluster of two worker processes ----------------------------------------------------
 
 

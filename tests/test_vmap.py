@@ -439,3 +439,21 @@ def test_primitives_lacking_a_batching_rule():
     # (one that stands for a graph, custom_vjp, is batched as that graph)
     lacking = {name for name, p in P.ALL.items() if p not in BATCH_RULES and p.expand is None}
     assert lacking == NO_RULE, f"lacking a batching rule: {sorted(lacking - NO_RULE)}"
+
+
+class _Counted:
+    def __init__(self):
+        self.calls = 0
+
+    def f(self, x):
+        self.calls += 1
+        return np.sin(x) * 2.0
+
+
+def test_a_side_effect_inside_vmap_is_refused_with_its_line():
+    # once per call or once per item: neither is what a reader of the loop would expect
+    m = _Counted()
+    with pytest.raises(gj.TraceError, match=r"test_vmap.py:\d+: a Python side effect .* inside "
+                                            r"gj.vmap is not supported"):
+        gj.vmap(m.f)(np.ones((2, 3)))
+    assert m.calls == 0

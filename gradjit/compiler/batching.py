@@ -862,6 +862,10 @@ def vmap_call(fun, args, in_axes, out_axes, interp):
         raise GradjitError(at(loc, "vmap needs at least one mapped argument (in_axes are all "
                               "None)"))
     traced = trace(fun, tuple(ex_args), reads=interp.reads)
+    if traced.effects:  # once per call or once per item? neither is what a reader expects
+        raise TraceError(at(traced.effects[0].where, "a Python side effect (on state outside "
+                            "the function) inside gj.vmap is not supported: do it outside the "
+                            "vmapped function"))
     caps = [interp.recapture(c) for c in traced.captures]
     interp.guards.extend(traced.guards)
     interp.sources.update(traced.sources)

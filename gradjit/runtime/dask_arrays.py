@@ -33,6 +33,7 @@ import weakref
 
 import numpy as np
 
+from ..compiler.effects import run_all
 from ..errors import GradjitError
 
 # partials combined per node of the reduction tree
@@ -248,6 +249,7 @@ def call(tf, args):
     entry, leaves = _entry(tf, args, static)
     values = list(leaves) + [c.get() for c in entry.captures]
     outs = _run(entry, values, lazy=tf.kind == "vmap")
+    run_all(entry.traced.effects)  # the Python side effects of the call (counters), as on numpy
     return tuple(outs) if entry.assemble is None else entry.assemble(outs)
 
 
@@ -257,7 +259,9 @@ def vjp_call(tf, primals, cts):
     _require_dask()
     entry, leaves = _entry(tf, primals, {}, cts=cts)
     values = list(leaves) + list(cts) + [c.get() for c in entry.captures]
-    return tuple(_run(entry, values, lazy=False))
+    outs = tuple(_run(entry, values, lazy=False))
+    run_all(entry.traced.effects)
+    return outs
 
 
 def _run(entry, values, lazy):
