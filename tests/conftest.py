@@ -11,6 +11,9 @@ if REPO not in sys.path:
 # a second run reuses them, `make clean` removes them. Set before gradjit builds its cache.
 os.environ.setdefault("GRADJIT_CACHE_DIR", os.path.join(REPO, ".gradjit-cache"))
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# Kernels answer every call unless a test turns tiered execution on (tests/test_tiered.py):
+# compile counts and hot-path checks assume a compiled kernel from the first call.
+os.environ.setdefault("GRADJIT_TIERED", "0")
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings

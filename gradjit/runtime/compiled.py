@@ -15,8 +15,8 @@ from ..compiler.transforms import assembler, trace, transform_spec
 from ..errors import GradjitError
 from . import device, manifests
 from .entry import make_cuda_entry, make_entry
-from .loader import (capi_needed, entry_point, load_source, numba_compile, out_examples,
-                     preload_capi, versions)
+from .loader import (capi_needed, entry_point, load_source, numba_compile, numba_load,
+                     out_examples, preload_capi, versions)
 from .signature import describe, prepare
 from .state import DEBUG, disk_cache, stats
 
@@ -69,13 +69,13 @@ class Lowered:
         self.backend = backend_for(self.target)
         self.source = self.backend.emit_source(self.optimized, what, self.target)
 
-    def compile_kernel(self, kernel, outs=()):
+    def compile_kernel(self, kernel, outs=(), hit=False):
         """Compile (or load from numba's cache) for the argument types of this signature now,
-        so that errors surface here and ahead-of-time ``warm`` stores object code."""
-        vals = [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures] + \
-            list(outs)
-        numba_compile(kernel, vals, lambda: f"{self.tf.kind} of {self.traced.qualname} "
-                       f"({self.traced.loc}) [{self.signature}]")
+        so that errors surface here and ahead-of-time ``warm`` stores object code. ``hit``:
+        the module came from the disk cache (a background compile's, another process's), so
+        its object code is expected there: loaded without numba's full target refresh."""
+        load = numba_load if hit else numba_compile
+        load(kernel, self.kernel_args() + list(outs), self.what)
 
     @property
     def traced_ir(self):
@@ -89,15 +89,27 @@ class Lowered:
         from ..compiler.graphviz import to_dot
         return to_dot(self.optimized)
 
-    def compile(self):
-        extra = device.versions() if self.target == "cuda" else ""
-        key = hashlib.sha256((self.source + versions() + extra).encode()).hexdigest()
+    def cache_meta(self):
+        """The disk-cache metadata of this kernel (also written by a background compile)."""
         meta = {"qualname": self.traced.qualname, "file": self.traced.loc.rsplit(":", 1)[0],
                 "line": int(self.traced.loc.rsplit(":", 1)[1]) if ":" in self.traced.loc else 0,
                 "transform": self.tf.kind, "signature": self.signature, "target": self.target,
                 "created": time.time()}
         if self.target == "cuda":
             meta["capability"] = device.capability()
+        return meta
+
+    def kernel_args(self):
+        """The values the kernel is compiled for: the leaves, then the captured arrays."""
+        return [prepare(x) for x in self.leaves] + [c.value for c in self.traced.captures]
+
+    def what(self):
+        return f"{self.tf.kind} of {self.traced.qualname} ({self.traced.loc}) [{self.signature}]"
+
+    def compile(self):
+        extra = device.versions() if self.target == "cuda" else ""
+        key = hashlib.sha256((self.source + versions() + extra).encode()).hexdigest()
+        meta = self.cache_meta()
         t0 = time.perf_counter()
         try:
             mod, hit = load_source(self.source, key, meta)
@@ -111,7 +123,7 @@ class Lowered:
                                f"{type(e).__name__}: {e}") from None
         if self.target != "cuda":  # (numba-cuda compiles a kernel at its first launch)
             preload_capi(capi_needed(self.source))
-            self.compile_kernel(entry_point(mod), out_examples(mod))
+            self.compile_kernel(entry_point(mod), out_examples(mod), hit)
         dc = disk_cache()
         if dc is not None and dc.enabled:
             dc.seal(key)  # record numba's object code so later processes can trust it

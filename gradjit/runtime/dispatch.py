@@ -14,7 +14,7 @@ from ..compiler import effects as effects_mod
 from ..compiler import frontend, pytree, transforms
 from ..compiler.transforms import name_of
 from ..errors import GradjitError, ShapeError, SizeFallback, TraceError, surface
-from . import manifests
+from . import manifests, tiered
 from .check import differential, options
 from .compiled import Lowered, resolve_target, static_args
 from .dask_arrays import has_dask
@@ -127,7 +127,8 @@ class Transformed:
             _set_fast(self.fast, entry, args)
         return out if post is None else post(out)
 
-    def _call_tree(self, args):
+    def _tree_key(self, args):
+        """The key of a call with pytrees or static arguments, and its leaves."""
         static = static_args(self, args)
         leaves, key_parts = [], []
         for k, a in enumerate(args):
@@ -137,7 +138,10 @@ class Transformed:
             ls, tree = pytree.flatten(a)
             leaves.extend(ls)
             key_parts.append((tree, tuple(map(arg_key, ls))))
-        key = tuple(key_parts)
+        return tuple(key_parts), leaves
+
+    def _call_tree(self, args):
+        key, leaves = self._tree_key(args)
         entry = self.cache.get(key)
         if entry is None or (entry.check and not entry.guards_ok()):
             entry = self._compile(key, args)
@@ -182,6 +186,30 @@ class Transformed:
         if self.kind == "vjp":
             raise TraceError(f"{interp.loc}: gj.{self.kind} cannot be used inside a traced function yet")
         return transforms.inline(self, interp, args, static_args(self, args))
+
+    def compile(self, *args, **kwargs):
+        """Compile (or load from the disk cache) the kernel for the signature of ``args`` now,
+        waiting until it is ready: later calls of that signature run it, never the numpy tier
+        (runtime/tiered.py). Nothing is evaluated. Returns ``self``."""
+        if kwargs:
+            args = transforms.bind_arguments(self.fun, args, kwargs)
+        n = len(args)
+        key = (_KEYS[n] if n < _N_KEYS else _key_fn(n))(args)  # as _call keys it
+        tree = self.static_argnums or any(t in _TREES or pytree.is_node_type(t) for t in key)
+        if not tree:
+            for a in args:
+                arg_key(a)
+                if is_device_array(a):
+                    _TREES.add(type(a))
+            tree = any(t in _TREES for t in key)
+        if tree:
+            key = self._tree_key(args)[0]
+        entry = self.cache.get(key)
+        if entry is None or (entry.check and not entry.guards_ok()):
+            with tiered.blocking():
+                entry = self._compile(key, args)
+        tiered.wait(entry)
+        return self
 
     def lower(self, *args):
         """Trace and transform for the signature of ``args`` (no numba compilation)."""
@@ -370,7 +398,8 @@ def _compile_with_manifests(tf, args):
                       f"{time.perf_counter() - t0:.3f}s", file=sys.stderr)
             return e
     low = Lowered(tf, args, fkey=fkey)
-    return _with_effects(low.compile(), low.traced.effects)
+    # the kernel, or numpy while a background process compiles it (runtime/tiered.py)
+    return tiered.entry(low, lambda e: _with_effects(e, low.traced.effects))
 
 
 def _with_effects(entry, effects):

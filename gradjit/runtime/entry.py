@@ -25,6 +25,12 @@ class Entry:
         except ShapeError as e:
             raise ShapeError(f"{e} (argument shapes: {shapes_text(flat)})") from None
 
+    def adopt(self, other):
+        """Become ``other`` (the compiled entry replacing a tier-0 one, runtime/tiered.py):
+        the transform's cache and anything holding this entry then run the kernel."""
+        for name in Entry.__slots__:
+            setattr(self, name, getattr(other, name))
+
     def guards_ok(self):
         """Whether everything the trace read from outside its arguments still holds: guarded
         values unchanged, arrays still of the dtype, rank and unit axes it was compiled for."""
@@ -56,6 +62,22 @@ def make_entry(mod, captures, guards, leaves, results, assemble):
     # arrays read from globals are re-typed at every call too: a new dtype or rank retraces
     e.check = bool(e.guards or e.captures)
     e.has_0d = any(type(x) is np.ndarray and x.ndim == 0 for x in leaves)
+    e.graph = e.source = e.traced = e.optimized = None
+    convs = [_convert_to(dt, nd) for dt, nd in results]
+    e.n_out = len(convs)
+    e.post = _post(convs, assemble)
+    return e
+
+
+def make_tier0_entry(runner, captures, guards, results, assemble):
+    """The Entry of a tier-0 runner (runtime/tiered.py): called like a kernel, it answers by
+    numpy until it ``adopt``s the compiled entry."""
+    e = Entry()
+    e.kernel = e.full = runner
+    e.captures = captures
+    e.guards = guards
+    e.check = bool(e.guards or e.captures)
+    e.has_0d = True  # (prepared arguments, and never on the hot path's table: it is Python)
     e.graph = e.source = e.traced = e.optimized = None
     convs = [_convert_to(dt, nd) for dt, nd in results]
     e.n_out = len(convs)

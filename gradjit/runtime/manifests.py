@@ -48,8 +48,6 @@ def _env_token():
     if not _env:
         import platform
 
-        import numba
-
         from .. import __version__
         cpu_name = platform.processor() or platform.machine()
         try:
@@ -60,10 +58,37 @@ def _env_token():
                         break
         except OSError:
             pass
-        scipy = sys.modules.get("scipy")  # (imported by numba) static calls may use it
-        _env.append((__version__, _PACKAGE_STAMP, numba.__version__, np.__version__,
-                     getattr(scipy, "__version__", None), sys.version, cpu_name))
+        # versions read from the installed distributions: importing numba here would cost a
+        # process that answers its first calls by numpy (runtime/tiered.py) ~0.3 s
+        _env.append((__version__, _PACKAGE_STAMP, dist_version("numba"), np.__version__,
+                     dist_version("scipy"), sys.version, cpu_name))
     return _env[0] + (os.environ.get("GRADJIT_TARGET", ""),)
+
+
+def dist_version(name):
+    """The installed version of ``name`` without importing it (None if not installed): the
+    ``name-VERSION.dist-info`` beside the package, else importlib.metadata (slower)."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    site = os.path.dirname(list(spec.submodule_search_locations)[0])
+    prefix = name.lower().replace("-", "_") + "-"
+    try:
+        found = [d for d in os.listdir(site)
+                 if d.lower().startswith(prefix) and d.endswith(".dist-info")]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len(prefix):-len(".dist-info")]
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _package_stamp():

@@ -28,6 +28,13 @@ class CacheInfo:
     # traces nothing); manifest_hits: such hits
     traces: int = 0
     manifest_hits: int = 0
+    # tiered execution (runtime/tiered.py): calls answered by the numpy tier while a kernel
+    # compiled; kernels compiled by background processes for this one (not in ``compiles``),
+    # background compiles that failed (the kernel was then compiled here), switches to kernels
+    tier0_calls: int = 0
+    background_compiles: int = 0
+    background_failures: int = 0
+    tier_switches: int = 0
 
 
 stats = CacheInfo()
