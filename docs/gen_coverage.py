@@ -48,7 +48,8 @@ SAMPLES = {
     ".reshape": ("v", 3, 1), ".dot": ("v", "v"), ".clip": ("v", 0.0, 1.0),
     ".astype": ("v", np.float32), ".__getitem__": ("v", 0), ".transpose": ("m",),
     "divmod": ("v", "v"), "pow": ("v", "v"), "sum": (["v", "v"],), "min": ("v", "v"),
-    "max": ("v", "v"),
+    "max": ("v", "v"), "np.column_stack": (["v", "v"],), "np.row_stack": (["v", "v"],),
+    "np.repeat": ("v", 2), ".repeat": ("v", 2), "np.average": ("m", 0, "v"),
 }
 FIXED = {"gj.stop_gradient": "stop", "print": "n/a", "divmod": "n/a", "range": "n/a",
          "isinstance": "n/a"}

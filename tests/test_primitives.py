@@ -43,6 +43,7 @@ from gradjit.testing import (
     assert_grads_close,
     check_grads,
     default_tolerance,
+    numerical_directional,
     reference_outputs,
     reference_transform,
 )
@@ -594,7 +595,63 @@ op("log_softmax", lambda x: sps.log_softmax(x, axis=-1), M, covers=(sps.log_soft
 op("xlogy", lambda x, y: sps.xlogy(x, y), B2_C, (with_zeros, pos), (sps.xlogy,))
 op("xlog1py", lambda x, y: sps.xlog1py(x, y), B2_C, (with_zeros, pos), (sps.xlog1py,))
 
+def nonempty_real(rng, shape, sizes):  # not made empty by test_special_values: numpy's
+    # empty-input behaviours (np.median's NaN, np.diag's zeros) are not followed
+    return real(rng, shape, sizes)
+
+
+def nonempty_nonzero(rng, shape, sizes):
+    return nonzero(rng, shape, sizes)
+
+
+# ---- more of numpy: sorting, masks, indexing on any axis, shape helpers, casts ------------
+
+op("sort", lambda x: np.sort(x) * (np.arange(x.shape[0]) + 1.0), V, covers=(np.sort,),
+   jit=True, order2=True)
+op("sort_axis0", lambda x: np.sort(x, axis=0), M, covers=(np.sort,))
+op("sort_flat", lambda x: np.sort(x, axis=None), M, covers=(np.sort,))
+op("argsort", lambda x: x[np.argsort(x * x)] + x.argsort(), V, covers=(np.argsort, "argsort"))
+op("median", lambda x: np.median(x, axis=1), M, (nonempty_real,), (np.median,))
+op("mask_sum", lambda x: np.sum(x[x > 0] ** 2) + np.mean(x[x < 0.5]), V, jit=True,
+   covers=("__getitem__",))
+op("mask_reductions", lambda x: x[x > -0.5].max() + np.std(x[x < 0.5]) + np.prod(x[x > 0]), M)
+op("index_columns", lambda x, i: x[:, i] * 2, [(("a", "b"), ("c",))], (real, index_into("b")),
+   covers=("__getitem__",), jit=True)
+op("index_columns_2d", lambda x: x[:, [[0, 1], [1, 0]]], [((3, 2, "a"),)], covers=("__getitem__",))
+op("repeat", lambda x: np.repeat(x, 2) + x.repeat(2), V, covers=(np.repeat, "repeat"))
+op("repeat_axis_counts", lambda x: np.repeat(x, [2, 0, 1], axis=1), [(("a", 3),)],
+   covers=(np.repeat,))
+op("append", lambda x, y: np.append(x, y * 2), [(("a", "b"), ("b",))], covers=(np.append,))
+op("append_axis", lambda x: np.append(x, x, axis=1), M, covers=(np.append,))
+op("column_stack", lambda x, y: np.column_stack([x, y, x * y]), B2_C, covers=(np.column_stack,))
+op("trace_offset", lambda x: np.trace(x, offset=1) + np.trace(x, -1), M, covers=(np.trace,))
+op("trace_3d", lambda x: np.trace(x, 1, 1, 2), T3, covers=(np.trace,))
+op("diag_k", lambda x: np.diag(x, k=1) * 2, M, covers=(np.diag,))
+op("diag_vec_k", lambda x: np.diag(x, -2), V, (nonempty_real,), (np.diag,))
+op("degrees", lambda x: np.degrees(x) + np.rad2deg(x) * np.radians(x) + np.deg2rad(x), V,
+   covers=(np.degrees, np.rad2deg, np.radians, np.deg2rad))
+op("norm_ord", lambda x: np.linalg.norm(x, 3) + np.linalg.norm(x, ord=4) +
+   np.linalg.norm(x, np.inf) + np.linalg.norm(x, -np.inf), V, (nonzero,), (np.linalg.norm,))
+op("norm_matrix_1_inf", lambda x: np.linalg.norm(x, 1) + np.linalg.norm(x, np.inf), M,
+   (nonempty_nonzero,), (np.linalg.norm,))
+op("average", lambda x, w: np.average(x, axis=1, weights=w * w + 0.5), [(("a", "b"), ("b",))],
+   (nonempty_real, nonempty_real), (np.average,))
+op("average_plain", lambda x: np.average(x), M, covers=(np.average,))
+op("atleast", lambda x: np.atleast_2d(x) * np.atleast_1d(x[0]) * np.size(x), V,
+   covers=(np.atleast_1d, np.atleast_2d, np.size))
+op("any_all", lambda x: np.where(np.any(x > 1, axis=1, keepdims=True) | np.all(x > -1),
+                                 x, 2 * x) * (x.any() & x.all()), M, (nonzero,),
+   (np.any, np.all, "any", "all"))
+op("casts", lambda x: np.float64(x[0]) * np.float32(x[1]) * x + np.int64(3.7) + np.int32(2.5),
+   V, covers=(np.float64, np.float32, np.int64, np.int32), rtol=100, eps=1e-3)
+if hasattr(np, "row_stack"):
+    op("row_stack", lambda x: np.row_stack([x, x]), V, covers=(np.row_stack,))
+
 REF_ONLY = {
+    "sort_axis0", "sort_flat", "argsort", "median", "mask_reductions", "index_columns_2d",
+    "repeat", "repeat_axis_counts", "append", "append_axis", "column_stack", "trace_offset",
+    "trace_3d", "diag_k", "diag_vec_k", "degrees", "norm_ord", "norm_matrix_1_inf", "average",
+    "average_plain", "atleast", "any_all", "casts",
     "eye_offset", "identity_size", "diff_2_axis0", "erfc", "logit", "logsumexp_axis_b",
     "softmax", "log_softmax", "xlogy", "xlog1py",
     "__pos__", "__invert__", "copy", "pow_0", "pow_m1", "np_power", "np_power_int", "fmin",
@@ -936,6 +993,44 @@ def test_stop_gradient():
     np.testing.assert_allclose(g, np.ones(3))
 
 
+def _reference_jvp(fn, args, tangents):
+    """The output tangents of ``fn`` by the reference evaluator of its forward-mode graph (no
+    compilation: the tangent rules themselves, one trace per op)."""
+    from gradjit.compiler.forward import WithTangents, jvp_graph
+    from gradjit.compiler.reference import evaluate
+    from gradjit.compiler.transforms import trace
+
+    n = len(args)
+    traced = trace(WithTangents(fn, n), tuple(args) + tuple(tangents))
+    g = jvp_graph(traced, n)
+    outs = evaluate(g, *args, *tangents, *[c.get() for c in traced.captures], check=True)
+    return outs[len(outs) // 2:]
+
+
+@pytest.mark.parametrize("o", _params(OPS, "tangent"))
+def test_tangent_rule(o):
+    """Forward mode: each op's tangent (through its primitives' tangent rules) against central
+    differences along a random direction, weighted as the gradient test weights outputs."""
+    rng = np.random.default_rng(5)
+    template = o.shapes[0]
+    sizes = {c: 3 + k for k, c in enumerate(_letters(template))}
+    args = make_args(o, template, sizes, rng, np.float64)
+    argnums = tuple(k for k, a in enumerate(args) if a.dtype.kind == "f")
+    dirs = [rng.standard_normal(a.shape) if k in argnums else np.zeros_like(a)
+            for k, a in enumerate(args)]
+    tangent = _reference_jvp(o.fn, args, dirs)
+    want = np.asarray(o.fn(*args))
+    w = np.asarray(rng.uniform(0.5, 1.5, want.shape))
+    got = float(np.sum(np.asarray(tangent[0], dtype=np.float64) * w))
+    fd = float(numerical_directional(lambda *a: np.sum(np.asarray(o.fn(*a)) * w), list(args),
+                                     argnums, [[dirs[k]] for k in argnums], o.eps))
+    atol, rtol = default_tolerance("float64")
+    scale = float(np.sum(np.abs(np.asarray(tangent[0], dtype=np.float64) * w)))
+    assert abs(got - fd) <= atol * o.rtol + rtol * o.rtol * max(scale, abs(fd)), \
+        f"{o.name}: forward mode gives {got!r} along a random direction, central " \
+        f"differences {fd!r}"
+
+
 def test_table_covers_every_numpy_function():
     covered = {c for o in OPS for c in o.covers if not isinstance(c, str)} | set(ELSEWHERE)
     missing = sorted(getattr(f, "__name__", repr(f)) for f in numpy_api.FUNCTIONS
@@ -974,6 +1069,14 @@ NO_VJP = {
     "tape_push": "reverse-mode bookkeeping emitted by the adjoint of a loop",
     "tape_pop": "reverse-mode bookkeeping emitted by the adjoint of a loop",
 }
+
+
+def test_every_primitive_has_a_tangent_rule():
+    """Forward mode (compiler/forward.py) needs a tangent rule (``jvp``, or ``jvp_eqn`` for a
+    region) for every primitive, in its stanza."""
+    gaps = [f"{name}: no tangent rule (jvp / jvp_eqn)" for name, prim in sorted(P.ALL.items())
+            if prim.jvp is None and prim.jvp_eqn is None]
+    assert not gaps, "primitives without a tangent rule:\n  " + "\n  ".join(gaps)
 
 
 def test_every_primitive_has_vjp_and_cpu_lowering():

@@ -263,6 +263,12 @@ def _cumsum_rule(args, dims, axis, ndim, reverse):
     return bind(P.cumsum_p, x, axis=axis + 1, ndim=ndim + 1, reverse=reverse), 0
 
 
+@register(P.argsort_p)
+def _argsort_rule(args, dims, axis, ndim):
+    x = moveaxis(args[0], dims[0], 0)
+    return bind(P.argsort_p, x, axis=axis + 1, ndim=ndim + 1), 0
+
+
 # ---- shapes -----------------------------------------------------------------------------------
 
 

@@ -411,9 +411,29 @@ def _cond_rebase(e, k, acc):
                      params=make_params({"branches": branches}))
 
 
+def _cond_jvp_eqn(e, ins, ts):
+    """Forward mode: one ``cond`` whose branches compute their values and tangents."""
+    from . import forward  # forward mode's driver (it imports ad, as this module does)
+    pred, ops, tops = ins[0], list(ins[1:]), list(ts[1:])
+    n = len(e.outputs)
+
+    def branch(g):
+        def run():
+            outs, touts = forward.jvp(g, ops, tops)
+            return list(outs) + [
+                (t if t is not None else forward.zero_tangent(o, v.aval)) if v.aval.is_diff
+                else None for o, t, v in zip(outs, touts, e.outputs)]
+        return run
+    if not isinstance(pred, Tracer):
+        res = branch(e.p["branches"][0 if pred else 1])()
+    else:
+        res = cond(pred, branch(e.p["branches"][0]), branch(e.p["branches"][1]))
+    return res[:n], res[n:]
+
+
 cond_p = P.primitive("cond", _cond_shape, multiple_results=True, bind_eqn=_cond_bind_eqn,
                      dce_rule=_cond_dce, vjp=_cond_vjp, eval_rule=_cond_eval,
-                     rebase=_cond_rebase)
+                     rebase=_cond_rebase, jvp_eqn=_cond_jvp_eqn)
 
 
 # =============================================================================================
@@ -664,6 +684,9 @@ def passes_through(e):
         per = [_graph_passes(g) for g in branches]
         return [{1 + j for p in per for j in p[k] if _is_buffer(e.inputs[1 + j])}
                 for k in range(len(e.outputs))]
+    if e.prim.expand is not None:  # custom_vjp, checkpoint: as the graph it stands for
+        per = _graph_passes(e.prim.expand(e))
+        return [{j for j in p if _is_buffer(e.inputs[j])} for p in per]
     lp = loop_parts(e.prim, e.inputs, e.params)
     nr, nc, ni = len(lp.rng), len(lp.consts), lp.n_index
     step = _graph_passes(lp.body)  # per carried value: body inputs it may be after one trip
@@ -1468,6 +1491,41 @@ class _FakeEqn:
         return dict(self.params)
 
 
+def _loop_jvp_eqn(e, ins, ts):
+    """Forward mode: the loop carrying, beside each value that gets a tangent, its tangent
+    (no tape: the tangent of an iteration needs only that iteration's values)."""
+    from . import forward  # forward mode's driver (it imports ad, as this module does)
+    lp = loop_parts(e.prim, ins, e.params)
+    nr, nc, n, ni = len(lp.rng), len(lp.consts), len(lp.inits), lp.n_index
+    tconsts, tinits = list(ts[nr:nr + nc]), list(ts[nr + nc:])
+    _, act = loop_activity(lp, [t is not None for t in tconsts], [t is not None for t in tinits])
+    kf = lp.formals()[2]
+    slots = [k for k in range(n) if act[k]]
+    t0 = [tinits[k] if tinits[k] is not None else forward.zero_tangent(lp.inits[k], kf[k].aval)
+          for k in slots]
+
+    def body(*vals):
+        pre, carried, tcar = vals[:ni], vals[ni:ni + n], vals[ni + n:]
+        tin = [None] * n
+        for k, t in zip(slots, tcar):
+            tin[k] = t
+        outs, touts = forward.jvp(lp.body, list(pre) + list(lp.consts) + list(carried),
+                                  [None] * ni + tconsts + tin)
+        return list(outs) + [touts[k] if touts[k] is not None else
+                             forward.zero_tangent(outs[k], kf[k].aval) for k in slots]
+    if lp.prim is for_p:
+        res = fori(*lp.rng, list(lp.inits) + t0, body, backward=lp.backward)
+    else:
+        def cond_fn(*vals):
+            outs, _ = ad.replay(lp.graphs[0], list(lp.consts) + list(vals[:n]))
+            return outs
+        res = while_loop(list(lp.inits) + t0, cond_fn, body)
+    touts = [None] * n
+    for k, t in zip(slots, res[n:]):
+        touts[k] = t
+    return res[:n], touts
+
+
 def _for_eval(start, stop, step, *rest, body, n_consts, backward=False):
     consts, carried = list(rest[:n_consts]), list(rest[n_consts:])
     for i in range(int(start), int(stop), int(step)):
@@ -1487,7 +1545,7 @@ def _while_eval(*rest, cond, body, n_consts):
 # carried values, and the reference semantics.
 _LOOP_RULES = dict(multiple_results=True, bind_eqn=_loop_bind_eqn, dce_rule=_loop_dce,
                    rebase=_loop_rebase, vjp_fwd=_loop_vjp_fwd, vjp_bwd=_loop_vjp_bwd,
-                   vjp=_loop_vjp)
+                   vjp=_loop_vjp, jvp_eqn=_loop_jvp_eqn)
 for_p = P.primitive(
     "for", lambda *ins, body, n_consts, backward=False: _loop_shape(ins[3:3 + n_consts], body, 1),
     n_range=3, n_index=1, regions=("body",), eval_rule=_for_eval, **_LOOP_RULES)
@@ -1516,18 +1574,30 @@ def _elem_aval(tape):
 # cotangent pushes a zero, so that the two stacks stay aligned).
 tape_new_p = P.primitive(
     "tape_new", lambda cap, *dims, shape, dtype: (Aval("tape:" + dtype, P._fill_dims(shape, dims)),),
-    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ((), 0))
+    cse=False, eval_rule=lambda cap, *dims, shape, dtype: ((), 0), jvp=P._no_tangent)
+
+
+def _push_jvp(ts, ins, outs):
+    """A tape's tangent is the tape of its values' tangents. One without a tangent yet is
+    empty: a tape is pushed onto only by the loop that fills it from empty."""
+    t, v = ts
+    t = t if t is not None else empty_tape(P.aval_of(ins[0]))
+    v = v if v is not None else P.zeros(P.shape_of(ins[1]), _elem_aval(P.aval_of(ins[0])).dtype)
+    return tape_push(t, v)
+
+
 tape_push_p = P.primitive("tape_push", lambda t, v: (t.aval,), inplace=0,
                           eval_rule=lambda t, v: (t[0][:t[1]] + (np.array(v, copy=True),),
                                                   t[1] + 1),
-                          vjp=lambda ct, ins, outs: tape_pop(ct))
+                          vjp=lambda ct, ins, outs: tape_pop(ct), jvp=_push_jvp)
 tape_pop_p = P.primitive("tape_pop", lambda t: (t.aval, _elem_aval(t.aval)),
                          multiple_results=True, eval_rule=lambda t: ((t[0], t[1] - 1),
                                                                      t[0][t[1] - 1]),
-                         vjp=lambda cts, ins, outs: (tape_push(cts[0], cts[1]),))
+                         vjp=lambda cts, ins, outs: (tape_push(cts[0], cts[1]),),
+                         jvp=lambda ts, ins, outs: tuple(tape_pop(ts[0])))
 tape_count_p = P.primitive("tape_count", lambda t: (Aval("int64"),),
                            eval_rule=lambda t: np.int64(t[1]),
-                           vjp=lambda ct, ins, outs: (None,))  # an integer
+                           vjp=lambda ct, ins, outs: (None,), jvp=P._no_tangent)  # an integer
 
 
 def _rewind_vjp(ct, ins, outs):
@@ -1535,7 +1605,8 @@ def _rewind_vjp(ct, ins, outs):
 
 
 tape_rewind_p = P.primitive("tape_rewind", lambda t, n: (t.aval,), inplace=0,
-                            eval_rule=lambda t, n: (t[0], int(n)), vjp=_rewind_vjp)
+                            eval_rule=lambda t, n: (t[0], int(n)), vjp=_rewind_vjp,
+                            jvp=lambda ts, ins, outs: tape_rewind(ts[0], ins[1]))
 
 
 def empty_tape(aval):

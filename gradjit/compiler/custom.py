@@ -14,6 +14,7 @@ equation whose params hold two closed graphs:
 The equation stands for its ``fwd`` graph until lowering (``Primitive.expand``: the optimiser
 inlines it, so no backend needs a rule), and is batched as that graph. Values ``fwd`` closes
 over from an enclosing trace would get no gradient: that is refused, with the line.
+Forward mode (``gj.jvp``) pushes tangents through ``fwd``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,15 @@ def _eval(*ins, fwd, bwd, n_args, n_out, ct_index):
     return tuple(evaluate(fwd, *ins[:len(fwd.inputs)]))
 
 
-custom_vjp_p = P.primitive("custom_vjp", _shape, multiple_results=True, vjp=_vjp,
+def _jvp(ts, ins, outs, fwd, bwd, n_args, n_out, ct_index):
+    """Forward mode has no user rule to follow: the tangents of ``fwd`` (the custom reverse
+    rule still serves reverse mode; the primal equation is kept for it)."""
+    from . import forward  # forward imports ad, as this module does
+    k = len(fwd.inputs)
+    return tuple(forward.jvp(fwd, list(ins[:k]), list(ts[:k]))[1])
+
+
+custom_vjp_p = P.primitive("custom_vjp", _shape, multiple_results=True, vjp=_vjp, jvp=_jvp,
                            eval_rule=_eval, expand=lambda e: e.p["fwd"])
 
 

@@ -31,6 +31,7 @@ from ..errors import GradjitError, TraceError, at
 from . import aliasing
 from . import control as C
 from . import effects as E
+from . import library as L
 from . import normalize, numpy_api, pytree
 from . import primitives as P
 from . import tracing as _tracing
@@ -102,6 +103,10 @@ def _previous_ast(filename):
     return entry[1] if entry else None
 
 
+class NoSource(TraceError):
+    """A function whose source cannot be read (``exec``, ``python -c``, the prompt)."""
+
+
 # Each function's node, by the identity of its code object (two functions of different files
 # can have equal code objects), with the code object kept so that its id is not reused.
 # Bounded because functions made at run time (exec, closures of reloaded modules) each bring
@@ -117,8 +122,8 @@ def function_node(fn):
         return hit[1]
     parsed = _file_ast(code.co_filename)
     if parsed is None:
-        raise TraceError(f"cannot read the source of {fn.__qualname__} (defined in "
-                         f"{code.co_filename}); gradjit compiles functions defined in files")
+        raise NoSource(f"cannot read the source of {fn.__qualname__} (defined in "
+                       f"{code.co_filename}); gradjit compiles functions defined in files")
     prev = _previous_ast(code.co_filename)
     for tree, text in [parsed] + ([prev] if prev else []):
         found = _find_function(fn, tree)
@@ -557,6 +562,10 @@ def _plain_data(v, depth=0):
 _LIBRARY_PREFIXES = ("numpy", "scipy", "gradjit", "numba", "math", "builtins", "functools",
                      "operator")
 
+# Libraries whose Python functions are never inlined: numpy's are the numpy table's (or
+# unsupported), gradjit's and numba's are not user-level numpy code.
+_NOT_INLINED = ("numpy", "gradjit", "numba")
+
 _MATH = {math.sin: P.sin, math.cos: P.cos, math.tan: P.tan, math.exp: P.exp, math.log: P.log,
          math.sqrt: P.sqrt, math.tanh: P.tanh, math.sinh: P.sinh, math.cosh: P.cosh,
          math.atan: P.arctan, math.asin: P.arcsin, math.acos: P.arccos,
@@ -618,6 +627,7 @@ class Interpreter:
         self.outside = {}  # id(container) -> (container, Capture): containers read from outside
         self.statics = {}  # id -> static argument of the function traced (effects may change it)
         self.dynamic = 0  # > 0 while tracing a region whose running depends on traced values
+        self.handling = []  # exceptions whose except clause is being traced (a bare raise)
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -639,7 +649,10 @@ class Interpreter:
             return self.call(types.MethodType(type(fn).__call__, fn), args, kwargs)
         if not isinstance(fn, types.FunctionType):
             return self._call_opaque(fn, args, kwargs)
-        node, text = function_node(fn)
+        try:
+            node, text = function_node(fn)
+        except NoSource:
+            return self._run_by_python(fn, args, kwargs)
         code = fn.__code__
         closure = {}
         if fn.__closure__:
@@ -652,6 +665,35 @@ class Interpreter:
         if fn.__defaults__ or fn.__kwdefaults__:
             frame.defaults = (fn.__defaults__ or (), fn.__kwdefaults__ or {})
         return self._call_node(node, frame, fn.__qualname__, args, kwargs)
+
+    def _run_by_python(self, fn, args, kwargs):
+        """A function with no source: Python runs it on tracers, as JAX does (numpy calls
+        reach the numpy table through the Tracer's ``__array_function__``); what it reads
+        from outside is taken as it is now. Its entry in ``sources`` names no file, so no
+        disk manifest is written for a trace that includes it."""
+        code = fn.__code__
+        self.sources.setdefault((f"<no source: {code.co_filename}>", code.co_firstlineno, 0),
+                                (fn.__qualname__, ""))
+        with _tracing.run_by_python(fn.__qualname__):
+            try:
+                return fn(*args, **kwargs)
+            except GradjitError as e:
+                line = _line_in(e, code)
+                if line is None or getattr(e, "gj_located", False):
+                    raise
+                msg = str(e)  # located at the caller's line: at the line of this function
+                if self.loc and msg.startswith(f"{self.loc}: "):
+                    msg = msg[len(self.loc) + 2:]
+                err = type(e)(at(f"{code.co_filename}:{line}", f"in {fn.__qualname__}: {msg}"))
+                err.__dict__.update(e.__dict__)
+                err.gj_located = True
+                raise err.with_traceback(e.__traceback__) from None
+            except Exception as e:  # noqa: BLE001 - the user's own error, while tracing
+                line = _line_in(e, code)
+                where = f"{code.co_filename}:{line}" if line else self.loc
+                err = TraceError(at(where, f"in {fn.__qualname__}: {type(e).__name__}: {e}"))
+                err.gj_python_exc, err.gj_dynamic = e, self.dynamic
+                raise err from e
 
     def _call_node(self, node, frame, name, args, kwargs):
         self.depth += 1
@@ -748,7 +790,9 @@ class Interpreter:
             except RecursionError:
                 raise
             except Exception as e:  # a user's own error while tracing, or an unexpected one
-                raise TraceError(at(self.loc, f"in {self.frame.fn_name}: {type(e).__name__}: {e}")) from e
+                err = TraceError(at(self.loc, f"in {self.frame.fn_name}: {type(e).__name__}: {e}"))
+                err.gj_python_exc, err.gj_dynamic = e, self.dynamic  # for an enclosing `try`
+                raise err from e
 
     def stmt_Expr(self, node):
         if not self._side_effect(node):
@@ -989,6 +1033,8 @@ class Interpreter:
                 obj = P.lift(obj)
         if obj.ndim == 0:
             raise TraceError(at(self.loc, "cannot write into a 0-d array; rebind the name"))
+        if numpy_api.numpy_more._is_mask(idx):  # out[x > 0] = 0: np.where
+            return numpy_api.numpy_more.masked_update(obj, idx, value)
         return P.index_update(obj, idx, value)
 
     def _is_input(self, obj):
@@ -1307,8 +1353,99 @@ class Interpreter:
             self.fail(node, f"AssertionError: {msg}")
 
     def stmt_Raise(self, node):
-        exc = self.expr(node.exc) if node.exc else None
-        self.fail(node, f"the function raises {exc!r}")
+        if node.exc is None:
+            if not self.handling:
+                self.fail(node, "a bare raise outside an except clause")
+            exc = self.handling[-1]
+        else:
+            exc = self.expr(node.exc)
+            if isinstance(exc, type) and issubclass(exc, BaseException):
+                exc = exc()
+        err = TraceError(at(self.where(node), f"in {self.frame.fn_name}: the function raises "
+                            f"{exc!r}"))
+        err.gj_python_exc, err.gj_dynamic = exc, self.dynamic  # for an enclosing `try`
+        raise err
+
+    # -- try and with: run while tracing ------------------------------------------------------
+    # An exception raised while tracing the body (a raise statement, Python's own on static
+    # values) goes to the handlers as in Python; gradjit's errors (unsupported constructs) are
+    # never caught, nor one raised under a test or loop on traced values (it would happen on
+    # some runs only). Exceptions of the compiled code at run time are not seen here.
+
+    def stmt_Try(self, node):
+        dynamic, pending = self.dynamic, None
+        try:
+            self.block(node.body)
+        except GradjitError as err:
+            exc = _python_exc(err, dynamic)
+            handler = None if exc is None else next(
+                (h for h in node.handlers if self._handles(h, exc)), None)
+            if handler is None:
+                if exc is None or not node.finalbody:
+                    raise
+                pending = err
+            else:
+                pending = self._guarded(dynamic, lambda: self._handle(handler, exc))
+        else:
+            pending = self._guarded(dynamic, lambda: self.block(node.orelse))
+        self.block(node.finalbody)
+        if pending is not None:
+            raise pending
+
+    def _guarded(self, dynamic, run):
+        """Run ``run``; an error an enclosing handler may take is returned, not raised."""
+        try:
+            run()
+        except GradjitError as err:
+            if _python_exc(err, dynamic) is None:
+                raise
+            return err
+        return None
+
+    def _handles(self, h, exc):
+        if h.type is None:
+            return True
+        t = self.expr(h.type)
+        return isinstance(exc, t)
+
+    def _handle(self, h, exc):
+        if h.name:
+            self.frame.locals[h.name] = exc
+        self.handling.append(exc)
+        try:
+            self.block(h.body)
+        finally:
+            self.handling.pop()
+            if h.name:
+                self.frame.locals.pop(h.name, None)  # as Python: unbound after the handler
+
+    def stmt_With(self, node):
+        self._with(node, list(node.items))
+
+    def _with(self, node, items):
+        """``with a, b:`` is ``with a: with b:``; each manager is a Python object entered and
+        exited while tracing (np.errstate, warnings.catch_warnings, ...)."""
+        if not items:
+            return self.block(node.body)
+        cm = self.expr(items[0].context_expr)
+        kind = type(cm)
+        if has_tracer(cm) or not (hasattr(kind, "__enter__") and hasattr(kind, "__exit__")):
+            self.fail(node, f"'{_describe(items[0].context_expr)}' is not a context manager "
+                      "gradjit can enter while tracing")
+        value = kind.__enter__(cm)
+        if items[0].optional_vars is not None:
+            self.assign(items[0].optional_vars, value)
+        dynamic = self.dynamic
+        try:
+            self._with(node, items[1:])
+        except GradjitError as err:
+            exc = _python_exc(err, dynamic)
+            shown = err if exc is None else exc
+            if kind.__exit__(cm, type(shown), shown, shown.__traceback__) and exc is not None:
+                return None  # suppressed by the manager, as in Python
+            raise
+        kind.__exit__(cm, None, None, None)
+        return None
 
     def stmt_Global(self, node):
         self.fail(node, "'global' statements are not supported in traced functions")
@@ -1661,6 +1798,15 @@ class Interpreter:
             return self.call(fn, args, kwargs)
         if isinstance(fn, types.MethodType) and isinstance(fn.__self__, Tracer):
             return fn(*args, **kwargs)
+        traced = has_tracer([args, kwargs])
+        if traced and L.helper(fn) is not None:  # array-API plumbing: numpy itself
+            return L.helper(fn)(*args, **kwargs)
+        pyfn = fn.__func__ if isinstance(fn, types.MethodType) else fn
+        if isinstance(pyfn, types.FunctionType) and L.installed(pyfn) and \
+                (pyfn.__module__ or "").split(".")[0] not in _NOT_INLINED:
+            if not traced:  # another library's code on static values: Python runs it
+                return fn(*args, **kwargs)
+            return self.call(fn, args, kwargs)  # pure Python: inlined like the user's
         if isinstance(fn, types.MethodType) and isinstance(fn.__func__, types.FunctionType) \
                 and not _is_library(fn.__func__):
             return self.call(fn, args, kwargs)  # a method of the user's: interpreted too
@@ -1681,11 +1827,14 @@ class Interpreter:
         full = f"{mod}.{name}" if mod and mod != "builtins" else name
         if mod == "numpy" or (mod or "").startswith("numpy"):
             full = "np." + name
-        self.fail(node, f"{full}() is not supported on traced values")
+        self.fail(node, f"{full}() is not supported on traced values" + L.compiled_hint(fn))
 
     def _call_opaque(self, fn, args, kwargs):
         if not has_tracer([args, kwargs]):
             return fn(*args, **kwargs)
+        impl = numpy_api.lookup(fn)  # a numpy function transformed itself: gj.vmap(np.sort)
+        if impl is not None:
+            return impl(*args, **kwargs)
         raise TraceError(at(self.loc, f"cannot trace a call to {fn!r}"))
 
     def expr_Await(self, node):
@@ -1695,6 +1844,28 @@ class Interpreter:
         self.fail(node, "generators (yield) are not supported in traced functions")
 
     expr_YieldFrom = expr_Yield
+
+
+def _python_exc(err, dynamic):
+    """The Python exception a gradjit error stands for, if an enclosing `try` at ``dynamic``
+    may take it: a raise or Python's own error while tracing, or a shape or index error found
+    while tracing (numpy's ValueError/IndexError); None for unsupported constructs."""
+    exc = getattr(err, "gj_python_exc", None)
+    if exc is None and isinstance(err, (ValueError, IndexError)):
+        exc = err
+    if exc is None or getattr(err, "gj_dynamic", dynamic) != dynamic:
+        return None
+    return exc
+
+
+def _line_in(exc, code):
+    """The line of ``code``'s file where ``exc`` was raised (innermost frame in that file)."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == code.co_filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 class _FrameWithDefaults:

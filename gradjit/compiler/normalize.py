@@ -265,7 +265,30 @@ class _Pass:
                 else ([], [], False)
             s.body, s.orelse = body or [_at(ast.Pass(), s)], orelse
             return [s], _union(b_sets, e_sets), b_done and e_done
-        return [s], [], False  # a def, an assignment, ... (try/with are not supported)
+        if isinstance(s, (ast.Try, ast.With)):
+            return self.try_with(s)
+        return [s], [], False  # a def, an assignment, ...
+
+    def try_with(self, s):
+        """A try or with statement: its blocks rewritten where they are (never the tail: the
+        finally clause or the manager's exit still runs after a return); a try's else clause
+        runs only if its body did not exit."""
+        body, sets, done = self.block(s.body, False)
+        s.body = body or [_at(ast.Pass(), s)]
+        if isinstance(s, ast.With):
+            return [s], sets, done
+        for h in s.handlers:
+            h_body, h_sets, h_done = self.block(h.body, False)
+            h.body = h_body or [_at(ast.Pass(), h)]
+            sets, done = _union(sets, h_sets), done and h_done
+        if s.orelse:
+            orelse, e_sets, _ = self.block(s.orelse, False)
+            s.orelse = [self.guard(sets, e_sets, orelse, s.orelse[0])] if sets else orelse
+            sets = _union(sets, e_sets)
+        if s.finalbody:
+            final, f_sets, _ = self.block(s.finalbody, False)
+            s.finalbody, sets = final or [_at(ast.Pass(), s)], _union(sets, f_sets)
+        return [s], sets, done
 
     def return_(self, s, tail):
         if not self.returns:

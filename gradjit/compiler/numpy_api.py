@@ -251,14 +251,34 @@ def _no_out(out):
 
 @implements(np.linalg.norm)
 def norm(x, ord=None, axis=None, keepdims=False):
-    if ord not in (None, 2, "fro") and not (ord == 1 and P.ndim(x) == 1):
-        raise TraceError(at(current_loc(), f"np.linalg.norm with ord={ord!r} is not supported"))
-    if ord == 1:
-        return P.reduce_sum(P.absolute(x), axis, keepdims)
+    vector = P.ndim(x) == 1 or isinstance(axis, (int, np.integer))
+    if vector and ord not in (None, 2) and not isinstance(ord, str):
+        return _vector_norm(x, ord, axis, keepdims)
+    if not vector and ord in (1, -1, np.inf, -np.inf):  # the largest (smallest) column/row sum
+        rows, cols = (0, 1) if axis is None else tuple(axis)
+        a = P.reduce_sum(P.absolute(x), rows if ord in (1, -1) else cols, keepdims=True)
+        red = P.reduce_max if ord > 0 else P.reduce_min
+        return red(a, (rows, cols), keepdims)
+    if ord not in (None, 2, "fro"):
+        raise TraceError(at(current_loc(), f"np.linalg.norm with ord={ord!r} is not supported"
+                            + (" (it needs singular values)" if ord in ("nuc", -2) else "")))
     if ord == 2 and P.ndim(x) == 2 and axis is None:
         raise TraceError(at(current_loc(), "the matrix 2-norm (largest singular value) is not "
                             "supported; use ord='fro'"))
     return P.sqrt(P.reduce_sum(P.mul(x, x), axis, keepdims))
+
+
+def _vector_norm(x, ord, axis, keepdims):
+    a = P.absolute(x)
+    if ord == np.inf:
+        return max_(a, axis, keepdims=keepdims)
+    if ord == -np.inf:
+        return min_(a, axis, keepdims=keepdims)
+    if ord == 0:
+        return P.reduce_sum(P.convert(P.ne(x, 0), P.dtype_of(a)), axis, keepdims)
+    if ord == 1:
+        return P.reduce_sum(a, axis, keepdims)
+    return P.power(P.reduce_sum(P.power(a, float(ord)), axis, keepdims), 1.0 / ord)
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,10 +745,20 @@ def _einsum(la, lb, out, operands):
 
 
 @implements(np.trace)
-def trace(x):
-    n = P.shape_of(x)[0]
-    i = P.arange(Tracer(n) if not isinstance(n, int) else n)
-    return P.reduce_sum(P.gather(x, (i, i)) if isinstance(i, Tracer) else x[i, i])
+def trace(x, offset=0, axis1=0, axis2=1, dtype=None, out=None):
+    _no_out(out)
+    k = _static_int("np.trace", offset)
+    if (axis1 % P.ndim(x), axis2 % P.ndim(x)) != (0, 1):
+        x = P.transpose(x, [axis1 % P.ndim(x), axis2 % P.ndim(x)] + [
+            a for a in range(P.ndim(x)) if a not in (axis1 % P.ndim(x), axis2 % P.ndim(x))])
+    if P.ndim(x) == 2:
+        y = P.reduce_sum(diag(x, k))
+    else:  # the diagonal of the leading two axes, summed: a mask over them
+        m, n = P.shape_of(x)[:2]
+        on = P.eq(P.sub(_iota(n)[None, :], _iota(m)[:, None]), k)
+        on = P.reshape(on, P.shape_of(on) + (1,) * (P.ndim(x) - 2))
+        y = P.reduce_sum(P.select(on, x, 0), (0, 1))
+    return P.astype(y, dtype) if dtype is not None else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,8 +781,9 @@ def _static_int(name, k):
 
 @implements(np.diag)
 def diag(v, k=0):
-    if _static_int("np.diag", k) != 0:
-        raise TraceError(at(current_loc(), "np.diag with k != 0 is not supported"))
+    k = _static_int("np.diag", k)
+    if k != 0:
+        return _diag_offset(v, k)
     if P.ndim(v) == 1:
         i = _iota(P.shape_of(v)[0])
         return P.select(P.eq(i[:, None], i[None, :]), v[:, None], 0)
@@ -766,6 +797,24 @@ def diag(v, k=0):
                                                      Tracer(n) if not isinstance(n, int) else n)
     i = _iota(size) if not isinstance(size, Tracer) else P.arange(size)
     return P.gather(v, (i, i))
+
+
+def _diag_offset(v, k):
+    """np.diag(v, k) for k != 0: a vector placed on the k-th diagonal, or that diagonal read."""
+    if P.ndim(v) == 1:
+        n = P.shape_of(v)[0]
+        big = n + abs(k) if isinstance(n, int) else P.add(Tracer(n), abs(k))
+        i, j = _size_iota(big)[:, None], _size_iota(big)[None, :]
+        last = n - 1 if isinstance(n, int) else P.sub(Tracer(n), 1)
+        vals = P.gather(v, (P.minimum(P.minimum(i, j), last),))  # v[min(i, j)] on the diagonal
+        return P.select(P.eq(P.sub(j, i), k), vals, 0)
+    if P.ndim(v) != 2:
+        raise TraceError(at(current_loc(), "np.diag takes a vector or a matrix"))
+    m, n = (d if isinstance(d, int) else Tracer(d) for d in P.shape_of(v))
+    r0, c0 = max(0, -k), max(0, k)
+    size = P.maximum(P.minimum(P.sub(m, r0), P.sub(n, c0)), 0)
+    i = _size_iota(size)
+    return P.gather(v, (P.add(i, r0), P.add(i, c0)))
 
 
 def _size_iota(n):
@@ -890,7 +939,7 @@ def _rev(op):
 
 
 def _getitem(self, idx):
-    return P.index(self, idx)
+    return numpy_more.getitem(self, idx)  # (A[:, idx] and masks, then P.index)
 
 
 def _setitem(self, idx, value):
@@ -908,6 +957,25 @@ def _transpose_method(self, *axes):
 
 def _astype(self, dtype, **_):
     return P.astype(self, dtype)
+
+
+# numpy's protocols: where Python itself runs code on tracers (a function with no source,
+# frontend.py), ``np.sin(x)`` and ``np.sum(x)`` reach the same table as traced code does.
+
+def _array_ufunc(self, ufunc, method, *args, **kwargs):
+    impl = lookup(ufunc) if method == "__call__" else None
+    if impl is None:
+        what = ufunc.__name__ + ("" if method == "__call__" else "." + method)
+        raise TraceError(at(current_loc(), f"np.{what}() is not supported on traced values"))
+    return impl(*args, **kwargs)
+
+
+def _array_function(self, func, types, args, kwargs):
+    impl = lookup(func)
+    if impl is None:
+        raise TraceError(at(current_loc(), f"np.{getattr(func, '__name__', func)}() is not "
+                            "supported on traced values"))
+    return impl(*args, **kwargs)
 
 
 METHODS = {
@@ -928,6 +996,7 @@ METHODS = {
     "T": property(lambda self: P.transpose(self)),
 }
 install_methods(Tracer, METHODS)
+install_methods(Tracer, {"__array_ufunc__": _array_ufunc, "__array_function__": _array_function})
 
 
 def lookup(fn):
@@ -945,6 +1014,8 @@ def lookup(fn):
 
 
 _SCIPY = []  # scipy.special registered
+
+from . import numpy_more  # noqa: E402 - more entries of the table, built on the ones above
 
 
 __all__ = ["FUNCTIONS", "METHODS", "lookup", "operator", "is_static_scalar"]

@@ -12,6 +12,9 @@ Rule contracts
   Tracers or static scalars. The cotangent returned for an input may be any shape that
   broadcasts to that input's shape; the AD driver sums broadcast axes away where needed.
   Rules emit IR by calling the op functions below, so adjoints are differentiable again.
+- ``jvp(tangents, ins, outs, **params) -> output tangent`` (a tuple for multi-output
+  primitives): forward mode; ``tangents`` has one entry per input, ``None`` for zero, and each
+  is full-shaped. The result may be ``None`` (zero) or anything broadcasting to the output.
 - ``kind``: ``"elementwise"`` (fusable into loops; ``cpu``/``cuda`` are scalar expression
   templates over the operands), ``"reduce"`` (accumulated inside a loop), ``"index"``
   (elementwise over its output, reading whole arrays), or ``"array"`` (its own statement,
@@ -44,6 +47,7 @@ class Primitive:
     # -- every primitive ----------------------------------------------------------------------
     impl: Callable | None = None  # numpy evaluation: folding and the reference evaluator
     vjp: Callable | None = None  # adjoint rule; None: not differentiable (an error in AD)
+    jvp: Callable | None = None  # tangent rule (forward mode, forward.py); None: an error there
     fold: Callable | None = None  # construction rewrite in ``bind``: a value or NotImplemented
     effect: bool = False  # run-time checks: DCE keeps it, ``bind`` never evaluates it
     multiple_results: bool = False  # returns a tuple of outputs
@@ -68,6 +72,9 @@ class Primitive:
     rebase: Callable | None = None  # (eqn, output k, acc) -> eqn computing acc + output k
     vjp_fwd: Callable | None = None  # (eqn, args, active mask) -> (outs, residuals): AD forward
     vjp_bwd: Callable | None = None  # (cts, ins, outs, residuals, **params) -> input cotangents
+    # (eqn, args, tangents) -> (outs, out tangents): forward mode emitting values and tangents
+    # as one equation (a loop carries each tangent with its value); preferred over ``jvp``
+    jvp_eqn: Callable | None = None
     # eqn -> Graph: until lowering it stands for that graph on its first inputs (custom_vjp's
     # forward function); the optimiser inlines it and batching batches the graph
     expand: Callable | None = None
@@ -205,11 +212,36 @@ def _to_static(x):
 # Elementwise primitives
 # =============================================================================================
 
+def _linear_jvp(vjp):
+    """The tangent rule of an elementwise primitive from its adjoint: its derivative is
+    diagonal, so input ``k``'s share of the tangent is its cotangent for the cotangent ``t_k``
+    (dead shares of the other inputs are dropped by DCE)."""
+    def jvp(ts, ins, outs, **params):
+        total = None
+        for k, t in enumerate(ts):
+            d = None if t is None else vjp(t, ins, outs, **params)[k]
+            if d is not None:
+                total = d if total is None else add(total, d)
+        return total
+    return jvp
+
+
+def _no_tangent(ts, ins, outs, **params):
+    """Integer or boolean results, or a zero derivative: no tangent."""
+    return None
+
+
+def _tadd(a, b):
+    """The sum of two tangents, either of which may be None (zero)."""
+    return b if a is None else a if b is None else add(a, b)
+
+
 def _unary(name, impl, deriv, cpu, cuda=None, float_only=True, **kw):
     """Register an elementwise unary primitive whose adjoint is ``ct * deriv(x, y)`` (or, with
     ``deriv=None``, the ``vjp`` among ``kw``, the primitive's other fields)."""
     if deriv is not None:
         kw["vjp"] = lambda ct, ins, outs: (mul(ct, deriv(ins[0], outs[0])),)
+    kw.setdefault("jvp", _linear_jvp(kw["vjp"]))
     kw.setdefault("shape_rule", _ew_shape())
     p = primitive(name, impl=impl, kind="elementwise", cpu=cpu, cuda=cuda or cpu,
                   float_only=float_only, **kw)
@@ -422,6 +454,7 @@ def _binary(name, impl, cpu, vjp=None, cuda=None, out_dtype=None, to_float=False
     """Register an elementwise binary primitive (``kw``: its other fields); the op function
     promotes and broadcasts."""
     kw.setdefault("shape_rule", _ew_shape(out_dtype))
+    kw.setdefault("jvp", _linear_jvp(vjp))
     p = primitive(name, impl=impl, vjp=vjp, kind="elementwise", cpu=cpu, cuda=cuda or cpu, **kw)
 
     def op(a, b):
@@ -534,7 +567,9 @@ def _select_shape(c, a, b):
 select_p = primitive(
     "select", _select_shape, impl=np.where, kind="elementwise",
     cpu="({1} if {0} else {2})",
-    vjp=lambda ct, ins, outs: (None, select(ins[0], ct, 0.0), select(ins[0], 0.0, ct)))
+    vjp=lambda ct, ins, outs: (None, select(ins[0], ct, 0.0), select(ins[0], 0.0, ct)),
+    jvp=lambda ts, ins, outs: select(ins[0], 0.0 if ts[1] is None else ts[1],
+                                     0.0 if ts[2] is None else ts[2]))
 
 
 def select(c, a, b):
@@ -556,6 +591,7 @@ convert_p = primitive(
     "convert", lambda x, dtype: (Aval(dtype, x.aval.shape),),
     fold=lambda x, dtype: Tracer(x) if isinstance(x, Var) and x.aval.dtype == dtype else NotImplemented,
     impl=lambda x, dtype: np.asarray(x).astype(dtype), vjp=_convert_vjp, kind="elementwise",
+    jvp=lambda ts, ins, outs, dtype: ts[0] if dtype.startswith("float") else None,
     cpu=lambda args, p: f"np.{p['dtype']}({args[0]})")
 
 
@@ -568,11 +604,19 @@ def astype(x, dtype):
 
 stop_gradient_p = primitive(
     "stop_gradient", _ew_shape(), impl=lambda x: x, kind="elementwise", cpu="{0}",
-    vjp=lambda ct, ins, outs: (None,))
+    vjp=lambda ct, ins, outs: (None,), jvp=_no_tangent)
 
 
 def stop_gradient(x):
     return bind(stop_gradient_p, x) if isinstance(x, Tracer) else x
+
+
+# An identity that CSE never merges (``cse=False``): gj.checkpoint's backward pass recomputes
+# its region from these copies of the region's inputs, so that the optimiser cannot fold the
+# recomputation back into the forward values (which would then live until the backward pass).
+recompute_p = primitive(
+    "recompute", _ew_shape(), impl=lambda x: x, kind="elementwise", cpu="{0}", cuda="{0}",
+    cse=False, vjp=lambda ct, ins, outs: (ct,), jvp=lambda ts, ins, outs: ts[0])
 
 
 def _broadcast_to_shape(x, *dims, shape):
@@ -594,7 +638,8 @@ def _split_dims(shape):
 broadcast_to_p = primitive(
     "broadcast_to", _broadcast_to_shape, kind="elementwise", cpu="{0}",
     impl=lambda x, *dims, shape: np.broadcast_to(x, _fill_dims(shape, dims)).copy(),
-    vjp=lambda ct, ins, outs, shape: (ct,) + (None,) * (len(ins) - 1))
+    vjp=lambda ct, ins, outs, shape: (ct,) + (None,) * (len(ins) - 1),
+    jvp=lambda ts, ins, outs, shape: ts[0])  # broadcast by the forward driver
 
 
 def broadcast_to(x, shape):
@@ -675,6 +720,13 @@ def _prod_vjp(ct, ins, outs, axes):
     return (mul(_expand_back(ct, x, axes), d),)
 
 
+def _reduce_jvp(vjp):
+    """A reduction's tangent: the tangent weighted by the adjoint's weights (the adjoint of a
+    cotangent of 1), summed over the reduced axes."""
+    return lambda ts, ins, outs, axes: reduce_sum(
+        mul(ts[0], vjp(1.0, ins, outs, axes)[0]), axes)
+
+
 def _sum_scatter_fold(x, axes):
     """Summing away the columns of a one-per-row scatter into zeros gives the scattered
     values: ``sum(scatter_add(zeros, v, arange(n), j), axis=1) == v`` (also under a ``neg``).
@@ -702,6 +754,7 @@ def _sum_scatter_fold(x, axes):
 # recognises as a reduction, used by target='parallel' (whose kernels allow reassociation).
 reduce_sum_p = primitive("reduce_sum", _reduce_shape, impl=lambda x, axes: np.sum(x, axis=axes),
                          vjp=_sum_vjp, fold=_sum_scatter_fold, kind="reduce", init=0,
+                         jvp=lambda ts, ins, outs, axes: reduce_sum(ts[0], axes),
                          cpu="gj_acc_add({acc}, {0})", par_cpu="{acc} + {0}")
 
 
@@ -723,16 +776,20 @@ def _from_init(ufunc, init):
 # _max_vjp at NaN: no element equals a NaN result, so mask / count = 0/0 makes the slice's
 # gradient NaN (what central differences of numpy give); fmax's NaN elements get 0.
 reduce_max_p = primitive("reduce_max", _reduce_shape, impl=_from_init(np.maximum, -math.inf),
-                         vjp=_max_vjp, kind="reduce", init=-math.inf,
+                         vjp=_max_vjp, jvp=_reduce_jvp(_max_vjp), kind="reduce", init=-math.inf,
                          cpu="gj_acc_max({acc}, {0})")
 reduce_min_p = primitive("reduce_min", _reduce_shape, impl=_from_init(np.minimum, math.inf),
-                         vjp=_max_vjp, kind="reduce", init=math.inf, cpu="gj_acc_min({acc}, {0})")
+                         vjp=_max_vjp, jvp=_reduce_jvp(_max_vjp), kind="reduce", init=math.inf,
+                         cpu="gj_acc_min({acc}, {0})")
 reduce_fmax_p = primitive("reduce_fmax", _reduce_shape, impl=_from_init(np.fmax, math.nan),
-                          vjp=_max_vjp, kind="reduce", init=math.nan, cpu="gj_acc_fmax({acc}, {0})")
+                          vjp=_max_vjp, jvp=_reduce_jvp(_max_vjp), kind="reduce",
+                          init=math.nan, cpu="gj_acc_fmax({acc}, {0})")
 reduce_fmin_p = primitive("reduce_fmin", _reduce_shape, impl=_from_init(np.fmin, math.nan),
-                          vjp=_max_vjp, kind="reduce", init=math.nan, cpu="gj_acc_fmin({acc}, {0})")
+                          vjp=_max_vjp, jvp=_reduce_jvp(_max_vjp), kind="reduce",
+                          init=math.nan, cpu="gj_acc_fmin({acc}, {0})")
 reduce_prod_p = primitive("reduce_prod", _reduce_shape,
                           impl=lambda x, axes: np.prod(x, axis=axes), vjp=_prod_vjp,
+                          jvp=_reduce_jvp(_prod_vjp),
                           kind="reduce", init=1, cpu="gj_acc_mul({acc}, {0})")
 
 
@@ -827,7 +884,7 @@ def _check_fold(a, b, msg):
 
 check_eq_p = primitive(
     "check_eq", lambda a, b, msg: (), effect=True, kind="check", cpu=None, impl=None,
-    fold=_check_fold, vjp=lambda ct, ins, outs, msg: (None, None))
+    fold=_check_fold, vjp=lambda ct, ins, outs, msg: (None, None), jvp=_no_tangent)
 
 
 def _check_index_fold(i, n, msg):
@@ -841,7 +898,7 @@ def _check_index_fold(i, n, msg):
 
 check_index_p = primitive(
     "check_index", lambda i, n, msg: (), effect=True, kind="check", cpu=None, impl=None,
-    fold=_check_index_fold, vjp=lambda ct, ins, outs, msg: (None, None))
+    fold=_check_index_fold, vjp=lambda ct, ins, outs, msg: (None, None), jvp=_no_tangent)
 
 
 def check_index(i, n, msg):
@@ -888,7 +945,8 @@ def _reshape_fold(x, *dims, shape):
 reshape_p = primitive(
     "reshape", _reshape_shape, fold=_reshape_fold,
     impl=lambda x, *dims, shape: np.reshape(x, _fill_dims(shape, dims)),
-    vjp=lambda ct, ins, outs, shape: (reshape(ct, shape_of(ins[0])),) + (None,) * (len(ins) - 1))
+    vjp=lambda ct, ins, outs, shape: (reshape(ct, shape_of(ins[0])),) + (None,) * (len(ins) - 1),
+    jvp=lambda ts, ins, outs, shape: bind(reshape_p, ts[0], *ins[1:], shape=shape))
 
 
 def reshape(x, shape):
@@ -922,7 +980,8 @@ def _transpose_shape(x, perm):
 
 transpose_p = primitive(
     "transpose", _transpose_shape, impl=lambda x, perm: np.transpose(x, perm),
-    vjp=lambda ct, ins, outs, perm: (transpose(ct, tuple(np.argsort(perm).tolist())),))
+    vjp=lambda ct, ins, outs, perm: (transpose(ct, tuple(np.argsort(perm).tolist())),),
+    jvp=lambda ts, ins, outs, perm: bind(transpose_p, ts[0], perm=perm))
 
 
 def transpose(x, axes=None):
@@ -986,7 +1045,8 @@ slice_p = primitive(
     "slice", _slice_shape, impl=_slice_impl, fold=_read_back_fold,
     vjp=lambda ct, ins, outs, spec, sizes: (
         slice_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct, ins[1:], spec, sizes),
-    ) + (None,) * (len(ins) - 1))
+    ) + (None,) * (len(ins) - 1),
+    jvp=lambda ts, ins, outs, spec, sizes: bind(slice_p, ts[0], *ins[1:], spec=spec, sizes=sizes))
 
 
 def _slice_add_impl(acc, v, *dyn, spec, sizes):
@@ -1001,7 +1061,17 @@ def _slice_add_impl(acc, v, *dyn, spec, sizes):
 slice_add_p = primitive(
     "slice_add", lambda acc, v, *dyn, spec, sizes: (acc.aval,), impl=_slice_add_impl, inplace=0,
     vjp=lambda ct, ins, outs, spec, sizes: (
-        ct, bind(slice_p, ct, *ins[2:], spec=spec, sizes=sizes)) + (None,) * (len(ins) - 2))
+        ct, bind(slice_p, ct, *ins[2:], spec=spec, sizes=sizes)) + (None,) * (len(ins) - 2),
+    jvp=lambda ts, ins, outs, **p: _indexed_add_jvp(slice_add_p, ts, ins, p))
+
+
+def _indexed_add_jvp(prim, ts, ins, params):
+    """The tangent of ``acc`` with ``v`` added at indices: the same addition of tangents."""
+    ta, tv = ts[0], ts[1]
+    if tv is None:
+        return ta
+    acc = ta if ta is not None else zeros(shape_of(ins[0]), dtype_of(ins[0]))
+    return bind(prim, acc, cast(tv, dtype_of(acc)), *ins[2:], **params)
 
 
 def slice_add(acc, v, dyn, spec, sizes):
@@ -1027,7 +1097,7 @@ slicelen_p = primitive(
     "slicelen", lambda n, start, stop, step: (Aval("int64"),),
     impl=lambda n, start, stop, step: len(range(*slice(_none(start), _none(stop), step).indices(int(n)))),
     kind="elementwise", cpu="gj_slicelen({0}, {1}, {2}, {3})",
-    vjp=lambda ct, ins, outs: (None,) * 4)
+    vjp=lambda ct, ins, outs: (None,) * 4, jvp=_no_tangent)
 
 
 def _slice_spec(x, idx):
@@ -1140,7 +1210,8 @@ gather_p = primitive(
     "gather", _gather_shape, impl=lambda x, *idx: np.asarray(x)[tuple(idx)],
     kind="index", cpu="{x}[{idx}]", whole_inputs=(0,),
     vjp=lambda ct, ins, outs: (scatter_add(zeros(shape_of(ins[0]), dtype_of(ins[0])), ct,
-                                           ins[1:]),) + (None,) * (len(ins) - 1))
+                                           ins[1:]),) + (None,) * (len(ins) - 1),
+    jvp=lambda ts, ins, outs: bind(gather_p, ts[0], *ins[1:]))
 
 
 def _scatter_add_shape(acc, v, *idx):
@@ -1155,7 +1226,8 @@ def _scatter_add_impl(acc, v, *idx):
 
 scatter_add_p = primitive(
     "scatter_add", _scatter_add_shape, impl=_scatter_add_impl, kind="scatter", inplace=0,
-    vjp=lambda ct, ins, outs: (ct, gather(ct, tuple(ins[2:]))) + (None,) * (len(ins) - 2))
+    vjp=lambda ct, ins, outs: (ct, gather(ct, tuple(ins[2:]))) + (None,) * (len(ins) - 2),
+    jvp=lambda ts, ins, outs: _indexed_add_jvp(scatter_add_p, ts, ins, {}))
 
 
 def gather(x, idx):
@@ -1213,7 +1285,8 @@ def _iota_shape(n, dtype):
 
 
 iota_p = primitive("iota", _iota_shape, impl=lambda n, dtype: np.arange(n, dtype=dtype),
-                   kind="iota", cpu="{i}", vjp=lambda ct, ins, outs, dtype: (None,))
+                   kind="iota", cpu="{i}", vjp=lambda ct, ins, outs, dtype: (None,),
+                   jvp=_no_tangent)
 
 
 def arange(n, dtype="int64"):
@@ -1229,7 +1302,8 @@ def _full_shape(value, *dims, shape, dtype):
 full_p = primitive(
     "full", _full_shape, kind="elementwise", cpu="{0}",
     impl=lambda value, *dims, shape, dtype: np.full(_fill_dims(shape, dims), value, dtype=dtype),
-    vjp=lambda ct, ins, outs, shape, dtype: (None,) * len(ins))
+    vjp=lambda ct, ins, outs, shape, dtype: (None,) * len(ins),
+    jvp=lambda ts, ins, outs, shape, dtype: ts[0])  # the filled value's, broadcast
 
 
 def full(shape, value, dtype="float64"):
@@ -1266,7 +1340,11 @@ def _concat_shape(*xs, axis, dynamic):
 concat_p = primitive(
     "concatenate", _concat_shape,
     impl=lambda *xs, axis, dynamic: np.concatenate(xs[:-1] if dynamic else xs, axis=axis),
-    vjp=lambda ct, ins, outs, axis, dynamic: _concat_vjp(ct, ins, outs, axis, 1 if dynamic else None))
+    vjp=lambda ct, ins, outs, axis, dynamic: _concat_vjp(ct, ins, outs, axis, 1 if dynamic else None),
+    jvp=lambda ts, ins, outs, axis, dynamic: bind(
+        concat_p, *[zeros(shape_of(x), dtype_of(x)) if t is None else t for x, t in
+                    zip(ins[:len(ins) - dynamic], ts)], *ins[len(ins) - dynamic:],
+        axis=axis, dynamic=dynamic))
 
 
 def concatenate(xs, axis=0):
@@ -1326,7 +1404,10 @@ def _matmul_vjp(ct, ins, outs):
     return mul(ct, b), mul(ct, a)
 
 
-matmul_p = primitive("matmul", _matmul_shape, impl=np.matmul, vjp=_matmul_vjp)
+matmul_p = primitive("matmul", _matmul_shape, impl=np.matmul, vjp=_matmul_vjp,
+                     jvp=lambda ts, ins, outs: _tadd(
+                         None if ts[0] is None else matmul(ts[0], ins[1]),
+                         None if ts[1] is None else matmul(ins[0], ts[1])))
 
 
 def matmul(a, b):
@@ -1408,12 +1489,15 @@ def _linalg_cpu(fn):
 # d det(A) = det(A) inv(A)^T
 det_p = primitive("det", lambda a: (Aval(a.aval.dtype, ()),), impl=np.linalg.det,
                   cpu=_linalg_cpu("det"),
-                  vjp=lambda ct, ins, outs: (mul(ct, mul(outs[0], transpose(inv(ins[0])))),))
+                  vjp=lambda ct, ins, outs: (mul(ct, mul(outs[0], transpose(inv(ins[0])))),),
+                  jvp=lambda ts, ins, outs: mul(outs[0], reduce_sum(
+                      mul(transpose(inv(ins[0])), ts[0]), (0, 1))))
 
 # d inv(A) = -inv(A)^T ct inv(A)^T
 inv_p = primitive("inv", _square_shape, impl=np.linalg.inv, cpu=_linalg_cpu("inv"),
                   vjp=lambda ct, ins, outs: (
-                      neg(matmul(matmul(transpose(outs[0]), ct), transpose(outs[0]))),))
+                      neg(matmul(matmul(transpose(outs[0]), ct), transpose(outs[0]))),),
+                  jvp=lambda ts, ins, outs: neg(matmul(matmul(outs[0], ts[0]), outs[0])))
 
 
 def _solve_vjp(ct, ins, outs):
@@ -1424,8 +1508,18 @@ def _solve_vjp(ct, ins, outs):
     return ga, gb
 
 
+def _solve_jvp(ts, ins, outs):
+    """d(A^-1 b) = A^-1 (db - dA x)."""
+    ta, rhs = ts
+    if ta is not None:
+        ax = matmul(ta, outs[0])
+        rhs = neg(ax) if rhs is None else sub(rhs, ax)
+    return solve(ins[0], rhs)
+
+
 solve_p = primitive("solve", lambda a, b: (Aval(a.aval.dtype, b.aval.shape),),
-                    impl=np.linalg.solve, vjp=_solve_vjp, cpu=_linalg_cpu("solve"))
+                    impl=np.linalg.solve, vjp=_solve_vjp, jvp=_solve_jvp,
+                    cpu=_linalg_cpu("solve"))
 
 
 def _lower_weights(a, diag_w, lower_w):
@@ -1449,8 +1543,17 @@ def _cholesky_vjp(ct, ins, outs):
     return (mul(add(S, transpose(S)), _lower_weights(L, 0.5, 1.0)),)
 
 
+def _cholesky_jvp(ts, ins, outs):
+    """dL = L Phi(L^-1 dA L^-T), Phi the lower triangle with half its diagonal; numpy reads
+    only A's lower triangle, so dA stands for its symmetric completion."""
+    L, dA = outs[0], ts[0]
+    S = add(mul(dA, _lower_weights(L, 1.0, 1.0)), transpose(mul(dA, _lower_weights(L, 0.0, 1.0))))
+    Li = inv(L)
+    return matmul(L, mul(matmul(matmul(Li, S), transpose(Li)), _lower_weights(L, 0.5, 1.0)))
+
+
 cholesky_p = primitive("cholesky", _square_shape, impl=np.linalg.cholesky,
-                       vjp=_cholesky_vjp, cpu=_linalg_cpu("cholesky"))
+                       vjp=_cholesky_vjp, jvp=_cholesky_jvp, cpu=_linalg_cpu("cholesky"))
 
 
 def _square_operand(fn, a):
@@ -1526,7 +1629,9 @@ cumsum_p = primitive("cumsum", lambda x, axis, ndim, reverse: (x.aval.update(wea
                      impl=lambda x, axis, ndim, reverse: _cumsum_impl(x, axis, reverse),
                      cpu=_cumsum_cpu,
                      vjp=lambda ct, ins, outs, axis, ndim, reverse: (
-                         bind(cumsum_p, ct, axis=axis, ndim=ndim, reverse=not reverse),))
+                         bind(cumsum_p, ct, axis=axis, ndim=ndim, reverse=not reverse),),
+                     jvp=lambda ts, ins, outs, axis, ndim, reverse: bind(
+                         cumsum_p, ts[0], axis=axis, ndim=ndim, reverse=reverse))
 
 
 def cumsum(x, axis=None, reverse=False):
@@ -1547,6 +1652,33 @@ def cumsum(x, axis=None, reverse=False):
         raise TraceError(at(current_loc(), f"np.cumsum: axis {axis} is out of bounds for an array "
                             f"of rank {nd}"))
     return bind(cumsum_p, x, axis=int(axis) % nd, ndim=nd, reverse=bool(reverse))
+
+
+def _argsort_cpu(args, p):
+    """``gj_argsort_last`` (kernels/cpu.py) sorts along the last axis; another axis is moved
+    last and back."""
+    axis, nd = p["axis"], p["ndim"]
+    if axis == nd - 1:
+        return f"gj_argsort_last({args[0]})"
+    perm = tuple(k for k in range(nd) if k != axis) + (axis,)
+    back = tuple(np.argsort(perm).tolist())
+    return f"np.transpose(gj_argsort_last(np.transpose({args[0]}, {perm!r})), {back!r})"
+
+
+# The permutation that sorts along ``axis`` (stable; NaN last, as numpy). An integer result:
+# np.sort gathers with it, so sort's adjoint is the permutation's scatter.
+argsort_p = primitive("argsort", lambda x, axis, ndim: (Aval("int64", x.aval.shape),),
+                      impl=lambda x, axis, ndim: np.argsort(x, axis=axis, kind="stable"),
+                      cpu=_argsort_cpu, vjp=lambda ct, ins, outs, axis, ndim: (None,),
+                      jvp=_no_tangent)
+
+
+def argsort(x, axis=-1):
+    nd = ndim(x)
+    if nd == 0 or isinstance(axis, Tracer) or not -nd <= int(axis) < nd:
+        raise TraceError(at(current_loc(), f"np.argsort: axis {axis!r} does not fit an array of "
+                            f"rank {nd}"))
+    return bind(argsort_p, x, axis=int(axis) % nd, ndim=nd)
 
 
 # =============================================================================================
@@ -1577,7 +1709,8 @@ class ConstArray:
 
 
 const_p = primitive("const", lambda value: (Aval(value.array.dtype.name, value.array.shape),),
-                    impl=lambda value: value.array, vjp=lambda ct, ins, outs, value: ())
+                    impl=lambda value: value.array, vjp=lambda ct, ins, outs, value: (),
+                    jvp=_no_tangent)
 
 
 def lift(x):
@@ -1616,8 +1749,16 @@ def _slice_set_vjp(ct, ins, outs, spec, sizes):
     return (ct_x, ct_v) + (None,) * len(dyn)
 
 
+def _slice_set_jvp(ts, ins, outs, spec, sizes):
+    """The tangent of ``x`` with ``x[idx] = v``: the tangent of ``x`` with that of ``v``
+    written there."""
+    tx = ts[0] if ts[0] is not None else zeros(shape_of(ins[0]), dtype_of(outs[0]))
+    tv = ts[1] if ts[1] is not None else cast(0, dtype_of(outs[0]))
+    return bind(slice_set_p, tx, cast(tv, dtype_of(outs[0])), *ins[2:], spec=spec, sizes=sizes)
+
+
 slice_set_p = primitive("slice_set", lambda x, v, *dyn, spec, sizes: (x.aval.update(weak=False),),
-                        impl=_slice_set_impl, vjp=_slice_set_vjp, inplace=0)
+                        impl=_slice_set_impl, vjp=_slice_set_vjp, jvp=_slice_set_jvp, inplace=0)
 
 
 def write_spec(x, idx):

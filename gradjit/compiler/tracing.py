@@ -33,6 +33,7 @@ class Builder:
 class _Stacks(threading.local):
     def __init__(self):
         self.builders = []  # the graphs being built by this thread, innermost last
+        self.run_by_python = []  # functions with no source, run by Python on tracers (innermost last)
 
 
 _local = _Stacks()  # per thread: two threads trace two functions at once, apart
@@ -59,6 +60,26 @@ def building(builder=None):
         yield b
     finally:
         stack.pop()
+
+
+@contextlib.contextmanager
+def run_by_python(name):
+    """Inside: a function with no readable source is being run by Python on tracers, so a
+    conversion of a traced value (``if x > 0``, ``for`` over it) cannot be staged."""
+    _local.run_by_python.append(name)
+    try:
+        yield
+    finally:
+        _local.run_by_python.pop()
+
+
+def _conversion_error(msg):
+    stack = _local.run_by_python
+    if stack:
+        msg += (f"; {stack[-1]} has no source file (defined at the prompt, by exec or python -c), "
+                "so gradjit runs it on traced values like JAX does: Python loops and branches on "
+                "values need the function in a file or a notebook cell (or use np.where)")
+    return TraceError(at(current_loc(), msg))
 
 
 @contextlib.contextmanager
@@ -246,25 +267,27 @@ class Tracer:
         return n
 
     def __len__(self):
-        raise TraceError(at(current_loc(), "len() of a traced array: use x.shape[0]"))
+        if _local.run_by_python and self.ndim and isinstance(self.ivar.aval.shape[0], int):
+            return self.ivar.aval.shape[0]
+        raise _conversion_error("len() of a traced array: use x.shape[0]")
 
     def __bool__(self):
-        raise TraceError(
-            at(current_loc(), "the truth value of a traced value is only known at run time "
-               "(use it in an if/while the compiler can see, or np.where)")
-        )
+        raise _conversion_error("the truth value of a traced value is only known at run time "
+                                "(use it in an if/while the compiler can see, or np.where)")
 
     def __index__(self):
-        raise TraceError(at(current_loc(), "a traced value cannot be used as a Python int here"))
+        raise _conversion_error("a traced value cannot be used as a Python int here")
 
     def __float__(self):
-        raise TraceError(at(current_loc(), "a traced value cannot be converted to a Python float"))
+        raise _conversion_error("a traced value cannot be converted to a Python float")
 
     __int__ = __index__
 
     def __iter__(self):
-        raise TraceError(at(current_loc(), "iterating over a traced array is not supported; "
-                            "loop over range(x.shape[0])"))
+        if _local.run_by_python and self.ndim and isinstance(self.ivar.aval.shape[0], int):
+            return iter([self[k] for k in range(self.ivar.aval.shape[0])])
+        raise _conversion_error("iterating over a traced array is not supported; "
+                                "loop over range(x.shape[0])")
 
     def __array__(self, *a, **k):
         raise TraceError(at(current_loc(), "a traced value was passed to a function gradjit "

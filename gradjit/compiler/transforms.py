@@ -2,7 +2,7 @@
 gradient, vjp and Jacobian with the description of how their flat outputs are assembled.
 
 A transform is described by an object with ``kind`` ("jit", "grad", "value_and_grad", "vjp",
-"jacobian", "vmap"), ``argnums``, ``has_aux`` and ``fun`` (the runtime's transform objects);
+"jacobian", "vmap", "jvp", "jacfwd"), ``argnums``, ``has_aux`` and ``fun`` (the runtime's transform objects);
 nothing here compiles or caches: that is the runtime's job.
 """
 
@@ -213,6 +213,16 @@ def transform_spec(tf, traced, args, static):
         graph = jacobian_graph(traced, wrt, vjp_graph)
         single = not isinstance(tf.argnums, (tuple, list))
         return graph, ("jacobian", out_tree, tuple((t, n) for t, n, _ in groups), single, len(wrt))
+    if kind == "jvp":  # tf.fun is a forward.WithTangents: primals' leaves, then tangents'
+        from .forward import jvp_graph
+        n = sum(len(pytree.flatten(a)[0]) for a in args[:tf.fun.n])
+        return jvp_graph(traced, n), ("jvp", out_tree, ())
+    if kind == "jacfwd":  # the Jacobian by forward mode, assembled as jacobian's
+        from .forward import jacfwd_graph
+        wrt, groups = wrt_leaves(tf, args, static)
+        single = not isinstance(tf.argnums, (tuple, list))
+        return jacfwd_graph(traced, wrt), ("jacobian", out_tree,
+                                           tuple((t, n) for t, n, _ in groups), single, len(wrt))
     raise GradjitError(f"{kind} cannot be used here")
 
 
@@ -236,6 +246,9 @@ def assembler(spec):
     what, out_tree = spec[0], spec[1]
     if what == "tree":
         return lambda outs: pytree.unflatten(out_tree, outs)
+    if what == "jvp":  # (outputs, their tangents)
+        return lambda outs: (pytree.unflatten(out_tree, outs[:len(outs) // 2]),
+                             pytree.unflatten(out_tree, outs[len(outs) // 2:]))
     if what == "grad":
         _, _, groups, single, n_out, with_value, has_aux = spec
 

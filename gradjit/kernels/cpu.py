@@ -496,8 +496,21 @@ def gj_trigamma(x):
     return _like(x, _psi(np.float64(x), 1))
 
 
+@numba.njit(cache=True)
+def gj_argsort_last(x):
+    """The stable sorting permutation along the last axis of ``x`` (NaN last): a new array."""
+    a = np.ascontiguousarray(x)
+    n = a.shape[-1]
+    m = a.size // n if n > 0 else 0
+    flat = a.reshape((m, n))
+    out = np.empty((m, n), np.int64)
+    for i in range(m):
+        out[i, :] = np.argsort(flat[i], kind="mergesort")
+    return out.reshape(a.shape)
+
+
 __all__ = ["gj_acc_add", "gj_acc_fmax", "gj_acc_fmin", "gj_acc_max", "gj_acc_min",
-           "gj_acc_mul", "gj_cos", "gj_digamma", "gj_erf", "gj_lgamma", "gj_trigamma",
-           "gj_cumsum_last", "gj_exp", "gj_fmax", "gj_fmin", "gj_maximum",
+           "gj_acc_mul", "gj_argsort_last", "gj_cos", "gj_digamma", "gj_erf", "gj_lgamma",
+           "gj_trigamma", "gj_cumsum_last", "gj_exp", "gj_fmax", "gj_fmin", "gj_maximum",
            "gj_minimum", "gj_mod", "gj_shares", "gj_sign", "gj_sin", "gj_slicelen", "gj_tape_at",
            "gj_tape_room"]

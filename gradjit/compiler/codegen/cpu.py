@@ -1447,7 +1447,7 @@ def _tape_rewind(em, e):
 # operands' names and the params (linear algebra through numba's np.linalg, scans through the
 # helpers of gradjit/kernels/cpu.py).
 
-@ARRAY_RULES.register(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p)
+@ARRAY_RULES.register(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p, P.argsort_p)
 def _call(em, e):
     _assign(em, e, e.prim.cpu([em.n(a) for a in e.inputs], e.p))
 

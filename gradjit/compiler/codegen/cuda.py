@@ -128,7 +128,8 @@ for _p, _t in [(P.neg_p, "(-{0})"), (P.abs_p, "abs({0})"), (P.not_p, "(not {0})"
                (P.ne_p, "({0} != {1})"), (P.lt_p, "({0} < {1})"), (P.le_p, "({0} <= {1})"),
                (P.gt_p, "({0} > {1})"), (P.ge_p, "({0} >= {1})"), (P.and_p, "({0} and {1})"),
                (P.or_p, "({0} or {1})"), (P.select_p, "({1} if {0} else {2})"),
-               (P.stop_gradient_p, "{0}"), (P.broadcast_to_p, "{0}"), (P.full_p, "{0}"),
+               (P.stop_gradient_p, "{0}"), (P.recompute_p, "{0}"), (P.broadcast_to_p, "{0}"),
+               (P.full_p, "{0}"),
                (P.max_p, "gj_maximum({0}, {1})"), (P.min_p, "gj_minimum({0}, {1})"),
                (P.fmax_p, "gj_fmax({0}, {1})"), (P.fmin_p, "gj_fmin({0}, {1})"),
                (P.atan2_p, "math.atan2({0}, {1})"), (P.hypot_p, "math.hypot({0}, {1})")]:
@@ -599,7 +600,8 @@ def _sc_matmul(s, e):
     s.hold(e, v, exprs)
 
 
-@scalar_rule(P.gather_p, P.scatter_add_p, P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p)
+@scalar_rule(P.gather_p, P.scatter_add_p, P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p,
+             P.argsort_p)
 def _sc_unsupported(s, e):
     raise unsupported(f"'{e.prim.name}' in per-thread code", e)
 
@@ -1315,7 +1317,7 @@ def _grid_loop(sizes, idx, indent):
     return lines
 
 
-@host_rule(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p)
+@host_rule(P.cumsum_p, P.det_p, P.inv_p, P.solve_p, P.cholesky_p, P.argsort_p)
 def _h_unsupported(m, e):
     raise unsupported(f"'{e.prim.name}' (linear algebra and scans are CPU-only for now)", e)
 

@@ -272,7 +272,11 @@ def schedule(graph):
     producer = {v: e for e in graph.eqns for v in e.outputs}
 
     def deps_ok(e, loop):
-        return not any(isinstance(a, Var) and a in loop.pending for a in e.inputs)
+        # operands read as whole arrays (a gather's source, a scatter's accumulator) must be
+        # complete before the loop, not computed element by element in it
+        whole = e.prim.whole_inputs + ((0,) if e.prim.kind == "scatter" else ())
+        return not any(isinstance(a, Var) and (a in loop.pending or k in whole and a in
+                                               loop.produced) for k, a in enumerate(e.inputs))
 
     def blocked_after(e, idx):
         # ``e`` may join loop ``idx`` only if no item after it produces one of e's inputs
