@@ -4,6 +4,8 @@ enter the site as generated files, so nothing generated is written into docs/.
 - ``coverage.md``: rendered by docs/gen_coverage.py from gradjit's tables at every build.
 - ``figures/*.png``: the PNGs the examples write (``make demo``) to ``$GRADJIT_FIGURES`` or
   ``examples/figures/``; a page linking a missing one fails ``mkdocs build --strict``.
+- ``benchmark-results.md`` and ``bench/*.png``: the report ``make bench`` writes to
+  benchmarks/results/ (results.md and its figures), or a page saying how to make it.
 """
 
 import importlib.util
@@ -42,4 +44,23 @@ def on_files(files, config):
     for name in pngs:
         files.append(File.generated(config, f"figures/{name}",
                                     abs_src_path=os.path.join(d, name)))
+    _benchmark_report(files, config)
     return files
+
+
+def _benchmark_report(files, config):
+    """The last `make bench` report of this checkout, with its figures (they belong to the
+    machine that made them, so they are never committed)."""
+    d = os.path.join(os.path.dirname(HERE), "benchmarks", "results")
+    report = os.path.join(d, "results.md")
+    if not os.path.isfile(report):
+        text = ("# Benchmark results\n\nNo report in this checkout yet: `make bench` writes "
+                "`benchmarks/results/results.md` and its figures, and the next `make docs` "
+                "shows them here. The README quotes a run.\n")
+    else:
+        with open(report) as f:
+            text = f.read().replace("](", "](bench/")
+        for name in sorted(n for n in os.listdir(d) if n.endswith(".png")):
+            files.append(File.generated(config, f"bench/{name}",
+                                        abs_src_path=os.path.join(d, name)))
+    files.append(File.generated(config, "benchmark-results.md", content=text))
