@@ -105,17 +105,8 @@ class DaskEntry:
         self.traced = traced
 
     def guards_ok(self):
-        from .signature import arg_key
-        try:
-            for cap in self.guards:
-                if not cap.holds(cap.get()):
-                    return False
-            for cap in self.captures:
-                if arg_key(cap.get()) != arg_key(cap.value):
-                    return False
-        except Exception:  # noqa: BLE001 - a path that no longer leads anywhere: retrace
-            return False
-        return True
+        from .entry import reads_hold
+        return reads_hold(self.guards, self.captures)
 
 
 _ENTRIES = weakref.WeakKeyDictionary()  # transform -> {key: DaskEntry}

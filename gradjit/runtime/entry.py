@@ -10,6 +10,21 @@ from .loader import entry_point, into_runner
 from .signature import arg_key
 
 
+def reads_hold(guards, captures):
+    """Whether everything a trace read from outside its arguments still holds: guarded values
+    unchanged, arrays still of the dtype, rank and unit axes it was compiled for."""
+    try:
+        for cap in guards:
+            if not cap.holds(cap.get()):
+                return False
+        for cap in captures:
+            if arg_key(cap.get()) != arg_key(cap.value):
+                return False
+    except Exception:  # noqa: BLE001 - a path that no longer leads anywhere: retrace
+        return False
+    return True
+
+
 class Entry:
     """One compiled (function, transform, signature): the kernel and how to call it."""
 
@@ -32,18 +47,7 @@ class Entry:
             setattr(self, name, getattr(other, name))
 
     def guards_ok(self):
-        """Whether everything the trace read from outside its arguments still holds: guarded
-        values unchanged, arrays still of the dtype, rank and unit axes it was compiled for."""
-        try:
-            for cap in self.guards:
-                if not cap.holds(cap.get()):
-                    return False
-            for cap in self.captures:
-                if arg_key(cap.get()) != arg_key(cap.value):
-                    return False
-        except Exception:  # noqa: BLE001 - a path that no longer leads anywhere: retrace
-            return False
-        return True
+        return reads_hold(self.guards, self.captures)
 
 
 def shapes_text(args):

@@ -6,10 +6,12 @@ tier-0 plan (runtime/tier0.py) and a child process compiles the kernel into the 
 (runtime/background.py). The Entry put in the transform's cache runs the plan; at each call
 a thread of the caller's process waits for the child and loads its kernel as a disk-cache
 hit; the next call ``adopt``s the compiled entry (one ``Event.is_set`` per tier-0 call tells),
-so later calls take the hot path with no trace of tier 0. A child that failed (or timed out) makes the caller compile itself,
-which raises the GradjitError a foreground compile raises.
+so later calls take the hot path with no trace of tier 0. A child that failed (or timed out)
+makes the caller compile itself, which raises the GradjitError a foreground compile raises.
 
-The policy never makes a function slower than compiling from the first call:
+The policy keeps numpy away from the functions it would run slowly (the kernel still arrives
+later than a foreground compile would deliver it: the child pays its own start and numba
+import):
 
 - no tier 0 when the graph's equations, counting loops whose trip counts are literals with
   those counts, exceed ``tier0.UNITS`` (a jit descent loop of 30,000 steps): compiled now;
