@@ -136,27 +136,6 @@ def _standin(x):
     return np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape)
 
 
-def _split_args(tf, args, static):
-    from ..compiler import pytree
-    leaves, key = [], []
-    for k, a in enumerate(args):
-        if k in static:
-            key.append(("static", _hashable(a)))
-            continue
-        ls, tree = pytree.flatten(a)
-        leaves.extend(ls)
-        key.append((tree, tuple(_leaf_key(x) for x in ls)))
-    return leaves, tuple(key)
-
-
-def _hashable(a):
-    try:
-        hash(a)
-    except TypeError:
-        raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
-    return a
-
-
 def _standin_args(args, static):
     from ..compiler import pytree
     out = []
@@ -173,7 +152,8 @@ def _entry(tf, args, static, cts=None):
     """The DaskEntry of this call's signature (traced, split and emitted on a miss). ``cts``:
     the output cotangents of a vjp (they follow the primals' leaves)."""
     from .state import stats
-    leaves, key = _split_args(tf, args, static)
+    from .signature import tree_key
+    key, leaves = tree_key(args, static, _leaf_key)
     if cts is not None:
         key = key + (("cts",) + tuple(_leaf_key(c) for c in cts),)
     table = _ENTRIES.setdefault(tf, {})

@@ -22,7 +22,7 @@ from .device import is_device_array
 from .entry import shapes_text
 from .loader import into_runner
 from .numba_internals import compiled_for, fingerprint_function
-from .signature import TOKENS, arg_key, prepare
+from .signature import TOKENS, arg_key, prepare, tree_key
 from .state import DEBUG, disk_cache, live, stats
 from .vmap import Batched
 
@@ -129,16 +129,7 @@ class Transformed:
 
     def _tree_key(self, args):
         """The key of a call with pytrees or static arguments, and its leaves."""
-        static = static_args(self, args)
-        leaves, key_parts = [], []
-        for k, a in enumerate(args):
-            if k in static:
-                key_parts.append(("static", _hashable(a)))
-                continue
-            ls, tree = pytree.flatten(a)
-            leaves.extend(ls)
-            key_parts.append((tree, tuple(map(arg_key, ls))))
-        return tuple(key_parts), leaves
+        return tree_key(args, static_args(self, args))
 
     def _call_tree(self, args):
         key, leaves = self._tree_key(args)
@@ -353,14 +344,6 @@ def _guarded(inner, entry, nargs):
              "    if not ok:", "        raise MISS", f"    return inner({passed})"]
     exec("\n".join(lines), ns)
     return ns["run"]
-
-
-def _hashable(a):
-    try:
-        hash(a)
-        return a
-    except TypeError:
-        raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
 
 
 # ---------------------------------------------------------------------------------------------

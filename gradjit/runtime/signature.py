@@ -32,6 +32,32 @@ def arg_key(x):
     raise TypeError(f"gradjit cannot take an argument of type {t.__name__}")
 
 
+def tree_key(args, static, leaf_key=None):
+    """(key, leaves) of a call with pytrees or static arguments: per argument its (hashable)
+    static value, or its tree structure and the keys of its leaves (``leaf_key``, default
+    ``arg_key``)."""
+    from ..compiler import pytree
+    leaf_key = leaf_key or arg_key
+    leaves, parts = [], []
+    for k, a in enumerate(args):
+        if k in static:
+            parts.append(("static", hashable(a)))
+            continue
+        ls, tree = pytree.flatten(a)
+        leaves.extend(ls)
+        parts.append((tree, tuple(map(leaf_key, ls))))
+    return tuple(parts), leaves
+
+
+def hashable(a):
+    """A static argument, which keys a cache: it must hash."""
+    try:
+        hash(a)
+    except TypeError:
+        raise GradjitError(f"static arguments must be hashable, got {type(a).__name__}") from None
+    return a
+
+
 def prepare(x):
     """The value handed to the kernel for a leaf (0-d arrays become numpy scalars)."""
     if type(x) is np.ndarray and x.ndim == 0:

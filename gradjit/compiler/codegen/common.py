@@ -51,6 +51,29 @@ def is_one(d):
     return isinstance(d, int) and d == 1
 
 
+def tail_element(held, tail, c):
+    """Of a value held as one local per element of its ``tail`` (static trailing axes), the
+    local at tail coordinates ``c`` of a result it broadcasts to."""
+    cc = tuple(0 if d == 1 else c[len(c) - len(tail) + j] for j, d in enumerate(tail))
+    return held[ravel(cc, tail)]
+
+
+def broadcast_parts(a, shape, c, loop_shape, idx):
+    """The index of operand ``a`` at an element of a result of ``shape`` inside a loop over
+    ``loop_shape`` (its leading axes; ``idx`` their index names) at tail coordinates ``c``:
+    loop axes give their index name ("0" where ``a`` broadcasts a unit axis), tail axes ints."""
+    rank = len(loop_shape)
+    off = len(shape) - a.aval.ndim
+    parts = []
+    for j, d in enumerate(a.aval.shape):
+        pos = off + j
+        if pos < rank:
+            parts.append("0" if is_one(d) and not is_one(loop_shape[pos]) else idx[pos])
+        else:
+            parts.append(0 if is_one(d) else c[pos - rank])
+    return parts
+
+
 def static_spec(spec):
     return all(x != P.DYN for s in spec for x in s[1:])
 

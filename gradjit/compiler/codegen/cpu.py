@@ -42,8 +42,8 @@ from ..ir import Lit, Namer, Var, fmt_aval
 from .backend import Backend, RuleTable, of_kind
 from .common import acc_dtype as _acc_dtype
 from .common import bcast as _bcast
+from .common import broadcast_parts, tail_element
 from .common import is_data as _is_data
-from .common import is_one as _is_one
 from .common import ravel as _ravel
 from .common import size as _size
 from .common import static_index as _static_index
@@ -392,18 +392,8 @@ class LoopBuilder:
         if a.aval.ndim == 0:
             return em.name(a)
         if a in self.temps:
-            ta = self.tail(a)
-            cc = tuple(0 if d == 1 else c[len(c) - len(ta) + j] for j, d in enumerate(ta))
-            return self.temps[a][_ravel(cc, ta)]
-        off = len(shape) - a.aval.ndim
-        parts = []
-        for j, d in enumerate(a.aval.shape):
-            pos = off + j
-            one = isinstance(d, int) and d == 1
-            if pos < rank:
-                parts.append("0" if one and not _is_one(self.L.shape[pos]) else self.idx[pos])
-            else:
-                parts.append(0 if one else c[pos - rank])
+            return tail_element(self.temps[a], self.tail(a), c)
+        parts = broadcast_parts(a, shape, c, self.L.shape[:rank], self.idx)
         if a in em.sc and a not in em.arrays and all(isinstance(p, int) for p in parts):
             return em.sc[a][_ravel(parts, a.aval.shape)]
         return self.load(f"{em.n(a)}[{', '.join(map(str, parts)) or '()'}]", a)

@@ -56,6 +56,7 @@ from ..ir import Lit, Namer, Var, fmt_aval, subgraphs
 from . import common
 from .backend import Backend, RuleTable, of_kind
 from .common import bcast as _bcast
+from .common import broadcast_parts, tail_element
 from .common import is_data as _is_data
 from .common import is_one as _is_one
 from .common import ravel as _ravel
@@ -1634,19 +1635,9 @@ class KernelBody:
         if isinstance(a, Lit) or a.aval.ndim == 0:
             return self.scalar(a)
         if a in self.temps:
-            ta = self.tail(a)
-            cc = tuple(0 if d == 1 else c[len(c) - len(ta) + j] for j, d in enumerate(ta))
-            return self.temps[a][_ravel(cc, ta)]
-        off = len(shape) - a.aval.ndim
-        parts = []
-        for j, d in enumerate(a.aval.shape):
-            pos = off + j
-            one = isinstance(d, int) and d == 1
-            if pos < self.r:
-                parts.append("0" if one and not _is_one(self.L.shape[pos]) else self.idx[pos])
-            else:
-                parts.append(str(0 if one else c[pos - self.r]))
-        return self.load(f"{self.use(self.m.name(a))}[{', '.join(parts)}]", a)
+            return tail_element(self.temps[a], self.tail(a), c)
+        parts = broadcast_parts(a, shape, c, self.L.shape[:self.r], self.idx)
+        return self.load(f"{self.use(self.m.name(a))}[{', '.join(map(str, parts))}]", a)
 
     def read(self, a, lead):
         """Operand ``a`` at the loop's position over its first ``lead`` axes."""
